@@ -1,0 +1,5 @@
+"""SkyGarden: the built-in launch island (4 spawns, 3 jump pads), rendered from pixels."""
+
+from agentalign.envs.skygarden.env import SkyGardenEnv, SkyGardenVectorEnv
+
+__all__ = ["SkyGardenEnv", "SkyGardenVectorEnv"]

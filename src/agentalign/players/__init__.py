@@ -1,0 +1,1 @@
+"""Scripted players: the privileged navigator (and, built on it, the synthetic population)."""
