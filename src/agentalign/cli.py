@@ -13,12 +13,9 @@ app = typer.Typer(help="Train game agents the way LLMs are trained.", no_args_is
 env_app = typer.Typer(help="Look at the built-in SkyGarden island.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
-try:  # the data layer mounts its own commands
-    from agentalign.data.cli import data_app
+from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/export live there)
 
-    app.add_typer(data_app, name="data")
-except ImportError:  # pragma: no cover - only while the data layer is absent
-    pass
+app.add_typer(data_app, name="data")
 
 
 def _fail(msg: str) -> None:
@@ -128,6 +125,67 @@ def env_demo(
     env_video(out=out / "skygarden.mp4", pad=None, character="ninja", players=4, size=64, seed=seed, noise=0.25)
     env_sheet(out=out / "skygarden_sheet.png", size=64, seed=seed, columns=6)
     env_map(out=out / "skygarden_map.png", scale=12, seed=seed, episodes=12)
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Path = typer.Argument(..., help="Store directory to create, or to resume filling."),
+    preset: str = typer.Option("pretrain", help="pretrain | finetune | smoke-pretrain | smoke-finetune"),
+    episodes: Optional[int] = typer.Option(None, help="Override the preset's episode count."),
+    size: Optional[int] = typer.Option(None, help="Override the image size (square)."),
+    seed: Optional[int] = typer.Option(None, help="Override the dataset seed."),
+    num_envs: Optional[int] = typer.Option(None, help="Worlds recorded together."),
+) -> None:
+    """Record the synthetic population set or the curated demonstrations. Resumes if killed."""
+    import time
+
+    from tqdm import tqdm
+
+    from agentalign.players.generate import generate, preset as get_preset
+
+    overrides = {k: v for k, v in dict(episodes=episodes, size=size, seed=seed, num_envs=num_envs).items() if v is not None}
+    cfg = _checked(get_preset, preset, **overrides)
+    start = time.perf_counter()
+    with tqdm(total=cfg.episodes, unit="ep", desc=f"generate {preset}", disable=None) as bar:
+        def progress(k: int, total: int) -> None:
+            bar.n = k
+            bar.refresh()
+
+        summary = _checked(generate, out, cfg, progress)
+    dt = time.perf_counter() - start
+    typer.echo(f"{out}: {summary['episodes']} episodes ({summary['written']} new, {summary['frames']} frames "
+               f"in {dt:.1f} s, {summary['frames'] / max(dt, 1e-9):.0f} frames/s)")  # fmt: skip
+
+
+@data_app.command("sheet")
+def data_sheet(
+    path: Path = typer.Argument(..., help="Store directory."),
+    out: Path = typer.Option(Path("out/data_sheet.png"), help="Output PNG."),
+    samples: int = typer.Option(24, min=1, help="Sample frames in the contact sheet."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A PNG of sample frames beside a top-down heatmap of the dataset's trajectories."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from agentalign.data import open_store
+    from agentalign.envs import viz
+    from agentalign.envs.skygarden import topdown
+
+    store = _checked(open_store, path)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(store), size=min(samples, len(store)), replace=False)
+    frames = []
+    for i in sorted(picks):
+        t = int(rng.integers(store.length(i)))
+        frames.append(store.frames(i, t, t + 1)[0])
+    sheet = viz.contact_sheet(frames, cols=6, scale=max(1, 96 // store.image_size[0]))
+    positions = [store.extras(i)["pos"] for i in range(len(store)) if "pos" in store.extras(i)]
+    heat = topdown.heatmap_image(np.concatenate(positions) if positions else np.zeros((0, 2)), scale=12)
+    img = np.concatenate([viz.fit_height(sheet, heat.shape[0]), heat], 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out, img)
+    typer.echo(f"wrote {out}: {len(frames)} frames, heatmap of {sum(len(p) for p in positions)} positions")
 
 
 @env_app.command("info")

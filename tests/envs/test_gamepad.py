@@ -15,6 +15,14 @@ def test_bins_follow_bleeding_edge_edges():
     assert gp.stick_to_bins(np.array([-1.0, 1.0])).tolist() == [0, 10]
 
 
+def test_scalar_fast_path_agrees_with_the_array_codec():
+    values = np.random.default_rng(0).uniform(-1.05, 1.05, 2000)
+    values = np.r_[values, gp.STICK_EDGES[1:-1], 0.0, -1.05, 1.05]
+    assert [gp.stick_bin(float(v)) for v in values] == gp.stick_to_bins(values).tolist()
+    with pytest.raises(ValueError, match="outside"):
+        gp.stick_bin(1.5)
+
+
 def test_centres_round_trip():
     bins = np.arange(gp.N_STICK_BINS)
     assert (gp.stick_to_bins(gp.bins_to_stick(bins)) == bins).all()

@@ -15,6 +15,8 @@ Kept free of torch and of the environment so the data layer can reuse it.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
 N_BUTTONS = 12
@@ -69,6 +71,17 @@ def stick_to_bins(values: np.ndarray) -> np.ndarray:
         raise ValueError(f"stick value {bad!r} is outside [-1.05, 1.05]")
     # searchsorted over the 10 inner edges gives the bin index directly.
     return np.searchsorted(STICK_EDGES[1:-1], v, side="right").astype(np.int64)
+
+
+_INNER_EDGES = tuple(float(e) for e in STICK_EDGES[1:-1])
+
+
+def stick_bin(value: float) -> int:
+    """One stick value in [-1, 1] -> its bin: the scalar fast path of `stick_to_bins` for
+    per-player loops (no array round trip). Out-of-range values raise as there."""
+    if not -1.05 <= value <= 1.05:
+        raise ValueError(f"stick value {value!r} is outside [-1.05, 1.05]")
+    return bisect_right(_INNER_EDGES, value)
 
 
 def bins_to_stick(bins: np.ndarray) -> np.ndarray:

@@ -474,11 +474,12 @@ def _render_character(out, n, horizon, focal, cam_d, rel_facing, moving, dash, b
 
 
 @nb.njit(cache=True, parallel=True, fastmath=_FAST)
-def render_batch(out, pos, yaw, pitch, facing, moving, dash_left, buttons, t, character, grid, pad_centres,
+def render_batch(out, rows, pos, yaw, pitch, facing, moving, dash_left, buttons, t, character, grid, pad_centres,
                  cam_x, focal, sky, floor, walls, beam, char_params, char_colours, zbuf, walltop, rowdist, rowfog):  # fmt: skip
-    """Render N worlds into out (N, H, W, 3) uint8. zbuf/walltop: (N, W), rowdist/rowfog: (N, H) scratch."""
+    """Render worlds `rows` into out (N, H, W, 3) uint8; zbuf/walltop (N, W), rowdist/rowfog (N, H): scratch."""
     h = out.shape[1]
-    for n in nb.prange(out.shape[0]):
+    for r in nb.prange(rows.shape[0]):
+        n = rows[r]
         fx, fy = math.cos(yaw[n]), math.sin(yaw[n])
         cx0, cy0, cam_d = _camera(grid, pos[n, 0], pos[n, 1], fx, fy)
         horizon = h * (HORIZON_BASE + HORIZON_PITCH * pitch[n])

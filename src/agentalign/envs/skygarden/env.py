@@ -47,8 +47,13 @@ def _check_spawn(spawn: Any) -> int:
     return int(spawn)
 
 
-class _Islands:
-    """The shared machinery: a batch of N worlds, their RNGs, stepping and rendering."""
+class IslandBatch:
+    """N SkyGarden worlds without the Gymnasium protocol: the hot loop of rollouts and data generation.
+
+    Both Gymnasium envs are thin wrappers over it. Callers drive it directly when they need
+    what the protocol cannot say: stepping only some worlds (`active`), rendering only some
+    (`rows`), seeding each world on its own (`seed_rows`), per-world characters at reset.
+    """
 
     def __init__(self, n: int, width: int, height: int, characters: Sequence[str], max_steps: int,
                  terminate_on_pad: bool, target_pad: str | None):  # fmt: skip
@@ -70,7 +75,15 @@ class _Islands:
         self._walltop = np.zeros((n, self.width), dtype=np.int64)
         self._rowdist = np.zeros((n, self.height))
         self._rowfog = np.zeros((n, self.height), dtype=np.int64)
+        self._all_rows = np.arange(n, dtype=np.int64)
         self.rngs: list[np.random.Generator] | None = None  # set by seed(), on the first reset at the latest
+
+    def seed_rows(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Give worlds `rows` their own RNG streams (e.g. one seed per recorded episode)."""
+        if self.rngs is None:
+            self.seed(None)
+        for i, sd in zip(rows, seeds, strict=True):
+            self.rngs[i] = np.random.default_rng(int(sd))
 
     def seed(self, seed: int | None) -> None:
         if seed is None:
@@ -78,18 +91,24 @@ class _Islands:
         else:
             self.rngs = [np.random.default_rng(int(seed) + i) for i in range(self.n)]
 
-    def reset_rows(self, rows: np.ndarray, spawn: int | None = None, character: str | None = None) -> None:
+    def reset_rows(self, rows: np.ndarray, spawn: int | Sequence[int] | None = None,
+                   character: str | Sequence[str] | None = None) -> None:  # fmt: skip
+        """Start new episodes in worlds `rows`; spawn and character: one for all rows or one per row."""
         if self.rngs is None:
             self.seed(None)
         spawns = np.empty(len(rows), dtype=np.int64)
         yaws = np.empty(len(rows))
         for j, i in enumerate(rows):
             rng = self.rngs[i]
-            s = rng.integers(len(W.SPAWNS))  # always drawn, so `spawn=` does not shift the RNG stream
-            spawns[j] = s if spawn is None else spawn
+            spawns[j] = rng.integers(len(W.SPAWNS))  # always drawn, so `spawn=` does not shift the RNG stream
             yaws[j] = W.SPAWN_YAW + rng.uniform(-W.SPAWN_YAW_JITTER, W.SPAWN_YAW_JITTER)
+        if spawn is not None:
+            spawns[:] = [_check_spawn(s) for s in np.broadcast_to(np.asarray(spawn, dtype=object), len(rows))]
         if character is not None:
-            self.char_idx[rows] = W.character_index(character)
+            names = [character] * len(rows) if isinstance(character, str) else list(character)
+            if len(names) != len(rows):
+                raise ValueError(f"character must be one name or one per reset env ({len(rows)}), got {len(names)}")
+            self.char_idx[rows] = [W.character_index(c) for c in names]
         self.state.reset_rows(rows, spawns, yaws, self.char_idx[rows])
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None):
@@ -110,9 +129,11 @@ class _Islands:
         truncated = (s.t >= self.max_steps) & ~terminated & active
         return reward, terminated, truncated, reached
 
-    def render(self) -> np.ndarray:
+    def render(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Render worlds `rows` (all by default) into self.frames (N, H, W, 3) and return it."""
+        rows = self._all_rows if rows is None else np.asarray(rows, dtype=np.int64)
         s, tb = self.state, self.tables
-        core.render_batch(self.frames, s.pos, s.yaw, s.pitch, s.facing, s.moving, s.dash_left, s.buttons, s.t,
+        core.render_batch(self.frames, rows, s.pos, s.yaw, s.pitch, s.facing, s.moving, s.dash_left, s.buttons, s.t,
                           s.character, self.grid, W.PAD_CENTRES, tb.cam_x, tb.focal, tb.sky, tb.floor, tb.walls,
                           tb.beam, tb.char_params, tb.char_colours, self._zbuf, self._walltop,
                           self._rowdist, self._rowfog)  # fmt: skip
@@ -143,7 +164,7 @@ class SkyGardenEnv(gym.Env):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self._islands = _Islands(1, width, height, [character], max_steps, terminate_on_pad, target_pad)
+        self._islands = IslandBatch(1, width, height, [character], max_steps, terminate_on_pad, target_pad)
         self.observation_space = gym.spaces.Box(0, 255, (self._islands.height, self._islands.width, 3), np.uint8)
         self.action_space = gym.spaces.MultiDiscrete(gamepad.ACTION_NVEC)
         self._needs_reset = True
@@ -155,8 +176,6 @@ class SkyGardenEnv(gym.Env):
         character = options.pop("character", None)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: spawn, character")
-        if spawn is not None:
-            spawn = _check_spawn(spawn)
         if seed is not None:
             self._islands.seed(seed)
         self._islands.reset_rows(np.array([0]), spawn, character)
@@ -218,7 +237,7 @@ class SkyGardenVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.num_envs = int(num_envs)
         characters = [character] * self.num_envs if isinstance(character, str) else list(character)
-        self._islands = _Islands(self.num_envs, width, height, characters, max_steps, terminate_on_pad, target_pad)
+        self._islands = IslandBatch(self.num_envs, width, height, characters, max_steps, terminate_on_pad, target_pad)
         self.single_observation_space = gym.spaces.Box(0, 255, (self._islands.height, self._islands.width, 3), np.uint8)
         self.single_action_space = gym.spaces.MultiDiscrete(gamepad.ACTION_NVEC)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -233,8 +252,6 @@ class SkyGardenVectorEnv(VectorEnv):
         character = options.pop("character", None)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: reset_mask, spawn, character")
-        if spawn is not None:
-            spawn = _check_spawn(spawn)
         if mask is None:
             rows = np.arange(self.num_envs)
         else:
@@ -247,7 +264,8 @@ class SkyGardenVectorEnv(VectorEnv):
         self._started = True
         self._islands.reset_rows(rows, spawn, character)
         self._done[rows] = False
-        return self._islands.render().copy(), self._info(np.zeros(self.num_envs, dtype=bool))
+        # Only the reset worlds change; the others keep their current frame in the buffer.
+        return self._islands.render(rows).copy(), self._info(np.zeros(self.num_envs, dtype=bool))
 
     def step(self, actions):
         if not self._started:

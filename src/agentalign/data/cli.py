@@ -1,0 +1,111 @@
+"""`agentalign data ...`: inspect, verify, import and export episode stores.
+
+Thin: each command parses its arguments and calls one function of agentalign.data. Errors in
+the data (a bad store, a bad clip) print one clear line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+data_app = typer.Typer(help="Inspect, verify, import and export episode stores.", no_args_is_help=True)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    from agentalign.data.bleeding_edge import ClipError
+    from agentalign.data.store import StoreError
+
+    try:
+        return fn()
+    except (StoreError, ClipError, FileExistsError, ValueError, ImportError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    n = max(info["n_episodes"], 1)
+    lines = [
+        f"store        {info['path']}",
+        f"dataset id   {info['dataset_id']}  (schema {info['schema_version']})",
+        f"images       {info['image_size'][0]}x{info['image_size'][1]}",
+        f"episodes     {info['n_episodes']}  in {info['n_chunks']} chunks",
+        f"steps        {info['n_steps']}",
+        f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB  (frames compressed {info['frame_compression_ratio']}x)",
+        "length       min {min}  mean {mean}  median {median}  max {max}".format(**info["length"]),
+    ]
+    for key in ("jump_pad", "character"):
+        dist = "  ".join(f"{k} {v} ({100 * v / n:.0f}%)" for k, v in info[key].items())
+        lines.append(f"{key:<12} {dist}")
+    return "\n".join(lines)
+
+
+@data_app.command("info")
+def info(
+    path: Path = typer.Argument(..., help="Store directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Counts, jump-pad and character distributions and episode lengths (metadata only)."""
+    from agentalign.data.store import StoreReader
+
+    summary = _run(lambda: StoreReader(path).info())
+    typer.echo(json.dumps(summary, indent=2) if as_json else _format_info(summary))
+
+
+@data_app.command("verify")
+def verify(
+    path: Path = typer.Argument(..., help="Store directory."),
+    deep: bool = typer.Option(False, "--deep", help="Also decompress every block."),
+) -> None:
+    """Check every chunk file's size and checksum; name each damaged file. Exit 1 on damage."""
+    from agentalign.data.store import verify as verify_store
+
+    report = _run(lambda: verify_store(path, deep=deep))
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("import-be")
+def import_be(
+    src: Path = typer.Argument(..., help="Directory of Bleeding-Edge-layout clips (.npz, optional .mp4)."),
+    dst: Path = typer.Argument(..., help="Store to create or append to."),
+    size: int = typer.Option(64, "--size", help="Square image size of the store."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad clips and go on instead of stopping."),
+) -> None:
+    """Import recorded gameplay clips, resized to SIZE x SIZE."""
+    from agentalign.data.bleeding_edge import import_bleeding_edge
+
+    report = _run(lambda: import_bleeding_edge(src, dst, (size, size), skip_bad=skip_bad))
+    typer.echo(f"imported {report.imported} clips ({report.steps} steps) into {dst}")
+    for reason in report.skipped:
+        typer.echo(f"skipped: {reason}", err=True)
+
+
+@data_app.command("export-minari")
+def export_minari(
+    store: Path = typer.Argument(..., help="Store to export."),
+    dst: Path = typer.Argument(..., help="Minari dataset directory to create (data/ goes inside)."),
+    dataset_id: str = typer.Option("agentalign/skygarden-v0", "--dataset-id", help="Minari dataset id."),
+) -> None:
+    """Write the store as a lossless Minari dataset (HDF5, no JPEG)."""
+    from agentalign.data.minari_io import export_minari as export
+
+    data_path = _run(lambda: export(store, dst, dataset_id=dataset_id))
+    typer.echo(f"wrote Minari dataset {dataset_id} to {data_path}")
+
+
+@data_app.command("import-minari")
+def import_minari(
+    src: str = typer.Argument(..., help="Minari dataset directory, or the id of a local Minari dataset."),
+    dst: Path = typer.Argument(..., help="Store to create or append to."),
+    size: int = typer.Option(0, "--size", help="Square image size; 0 keeps the dataset's size."),
+) -> None:
+    """Append a Minari dataset's episodes to a store."""
+    from agentalign.data.minari_io import import_minari as do_import
+
+    n = _run(lambda: do_import(src, dst, size=(size, size) if size else None))
+    typer.echo(f"imported {n} episodes into {dst}")

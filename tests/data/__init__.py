@@ -1,0 +1,1 @@
+"""Tests of agentalign.data: the store, the window sampler, imports and exports."""
