@@ -208,7 +208,8 @@ class RenderTables:
     focal: float  # pixels per unit of lateral offset at unit depth
     cam_x: np.ndarray  # (W,) float64 camera-plane offset of each column's ray
     sky: np.ndarray  # (2H + 1, 3) uint8, indexed by horizon row - pixel row + H
-    floor: np.ndarray  # (4, 2, FOG_BINS, 3) uint8 floor type, parity, fog
+    floor: np.ndarray  # (8, FOG_BINS, 3) uint8 by floor code (type * 2 + checker parity), fog
+    floorcode: np.ndarray  # (Y, X) int64 floor code of every cell (walls read as grass)
     walls: np.ndarray  # (3, 2, 3, FOG_BINS, 3) uint8 wall type, side, band, fog
     beam: np.ndarray  # (2, FOG_BINS, 3) uint8 band, fog
     char_colours: np.ndarray  # (C, 3, 3) uint8
@@ -234,6 +235,9 @@ def render_tables(height: int, width: int) -> RenderTables:
     walls = np.transpose(walls, (1, 0, 2, 3))
     floor = _fogged(_FLOOR)
     floor[2] = _fogged(_FLOOR[2], strength=0.3)  # pads glow through the fog
+    yy, xx = np.indices(W.GRID.shape)
+    ftype = np.where(W.GRID >= W.WALL_MIN, W.FLOOR_GRASS, W.GRID).astype(np.int64)
+    floorcode = ftype * 2 + ((xx + yy) & 1)
     params, colours = W.character_table()
     return RenderTables(
         height=height,
@@ -241,7 +245,8 @@ def render_tables(height: int, width: int) -> RenderTables:
         focal=focal,
         cam_x=cam_x,
         sky=sky,
-        floor=floor,
+        floor=floor.reshape(8, FOG_BINS, 3),
+        floorcode=floorcode,
         walls=_fogged(walls),
         beam=_fogged(_BEAM, strength=0.25),
         char_colours=colours,
@@ -276,9 +281,10 @@ def _camera(grid, px, py, fx, fy):
 
 
 @nb.njit(cache=True, fastmath=_FAST)
-def _render_world(out, n, grid, cx0, cy0, fx, fy, horizon, cam_x, focal, sky, floor, walls, zbuf, walltop,
-                  rowdist, rowfog):  # fmt: skip
-    """Walls, floor and sky of one world, column by column; fills zbuf/walltop for sprites."""
+def _render_world(out, n, grid, floorcode, cx0, cy0, fx, fy, horizon, cam_x, focal, sky, floor, walls, zbuf,
+                  walltop, wallbot, rowdist, rowfog):  # fmt: skip
+    """Sky and walls of one world column by column, then the floor row by row; fills zbuf and
+    walltop for the sprites."""
     h, w = out.shape[1], out.shape[2]
     rgx, rgy = fy, -fx
     map_h, map_w = grid.shape[0], grid.shape[1]
@@ -347,16 +353,26 @@ def _render_world(out, n, grid, cx0, cy0, fx, fy, horizon, cam_x, focal, sky, fl
         r, g, b = walls[wt, side, band, fb, 0], walls[wt, side, band, fb, 1], walls[wt, side, band, fb, 2]
         for y in range(y_trim, y_bot):
             _put(out, n, y, x, r, g, b)
-        for y in range(y_bot, h):
-            dist = rowdist[y]
-            gx = min(max(int(cx0 + dist * rdx), 0), map_w - 1)
-            gy = min(max(int(cy0 + dist * rdy), 0), map_h - 1)
-            ft = grid[gy, gx]
-            if ft >= W.WALL_MIN:
-                ft = W.FLOOR_GRASS
-            p = (gx + gy) & 1
-            fb = rowfog[y]
-            _put(out, n, y, x, floor[ft, p, fb, 0], floor[ft, p, fb, 1], floor[ft, p, fb, 2])
+        wallbot[x] = y_bot
+    # The floor, row by row: along a row the ground point moves linearly with x, and the row's
+    # distance and fog are shared, so each pixel costs a few adds and one table lookup.
+    y0 = h
+    for x in range(w):
+        y0 = min(y0, wallbot[x])
+    for y in range(y0, h):
+        dist = rowdist[y]
+        fb = rowfog[y]
+        c0 = (0.5 - w / 2) / focal
+        bx = cx0 + dist * (fx + c0 * rgx)
+        by = cy0 + dist * (fy + c0 * rgy)
+        stx = dist * rgx / focal
+        sty = dist * rgy / focal
+        for x in range(w):
+            if y >= wallbot[x]:
+                gx = min(max(int(bx + x * stx), 0), map_w - 1)
+                gy = min(max(int(by + x * sty), 0), map_h - 1)
+                code = floorcode[gy, gx]
+                _put(out, n, y, x, floor[code, fb, 0], floor[code, fb, 1], floor[code, fb, 2])
 
 
 @nb.njit(cache=True, fastmath=_FAST)
@@ -474,17 +490,19 @@ def _render_character(out, n, horizon, focal, cam_d, rel_facing, moving, dash, b
 
 
 @nb.njit(cache=True, parallel=True, fastmath=_FAST)
-def render_batch(out, rows, pos, yaw, pitch, facing, moving, dash_left, buttons, t, character, grid, pad_centres,
-                 cam_x, focal, sky, floor, walls, beam, char_params, char_colours, zbuf, walltop, rowdist, rowfog):  # fmt: skip
-    """Render worlds `rows` into out (N, H, W, 3) uint8; zbuf/walltop (N, W), rowdist/rowfog (N, H): scratch."""
+def render_batch(out, rows, pos, yaw, pitch, facing, moving, dash_left, buttons, t, character, grid, floorcode,
+                 pad_centres, cam_x, focal, sky, floor, walls, beam, char_params, char_colours, zbuf, walltop, wallbot,
+                 rowdist, rowfog):  # fmt: skip
+    """Render worlds `rows` into out (N, H, W, 3) uint8.
+    zbuf/walltop/wallbot (N, W) and rowdist/rowfog (N, H) are scratch."""
     h = out.shape[1]
     for r in nb.prange(rows.shape[0]):
         n = rows[r]
         fx, fy = math.cos(yaw[n]), math.sin(yaw[n])
         cx0, cy0, cam_d = _camera(grid, pos[n, 0], pos[n, 1], fx, fy)
         horizon = h * (HORIZON_BASE + HORIZON_PITCH * pitch[n])
-        _render_world(out, n, grid, cx0, cy0, fx, fy, horizon, cam_x, focal, sky, floor, walls, zbuf[n], walltop[n],
-                      rowdist[n], rowfog[n])  # fmt: skip
+        _render_world(out, n, grid, floorcode, cx0, cy0, fx, fy, horizon, cam_x, focal, sky, floor, walls, zbuf[n],
+                      walltop[n], wallbot[n], rowdist[n], rowfog[n])  # fmt: skip
         _render_beams(out, n, cx0, cy0, fx, fy, horizon, focal, pad_centres, beam, zbuf[n], walltop[n])
         rel = facing[n] - yaw[n]
         rel = (rel + math.pi) % (2 * math.pi) - math.pi

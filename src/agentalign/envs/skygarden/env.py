@@ -73,6 +73,7 @@ class IslandBatch:
         self.frames = np.zeros((n, self.height, self.width, 3), dtype=np.uint8)  # (N, H, W, 3)
         self._zbuf = np.zeros((n, self.width))
         self._walltop = np.zeros((n, self.width), dtype=np.int64)
+        self._wallbot = np.zeros((n, self.width), dtype=np.int64)
         self._rowdist = np.zeros((n, self.height))
         self._rowfog = np.zeros((n, self.height), dtype=np.int64)
         self._all_rows = np.arange(n, dtype=np.int64)
@@ -134,8 +135,8 @@ class IslandBatch:
         rows = self._all_rows if rows is None else np.asarray(rows, dtype=np.int64)
         s, tb = self.state, self.tables
         core.render_batch(self.frames, rows, s.pos, s.yaw, s.pitch, s.facing, s.moving, s.dash_left, s.buttons, s.t,
-                          s.character, self.grid, W.PAD_CENTRES, tb.cam_x, tb.focal, tb.sky, tb.floor, tb.walls,
-                          tb.beam, tb.char_params, tb.char_colours, self._zbuf, self._walltop,
+                          s.character, self.grid, tb.floorcode, W.PAD_CENTRES, tb.cam_x, tb.focal, tb.sky, tb.floor,
+                          tb.walls, tb.beam, tb.char_params, tb.char_colours, self._zbuf, self._walltop, self._wallbot,
                           self._rowdist, self._rowfog)  # fmt: skip
         return self.frames
 
