@@ -37,7 +37,9 @@ def _format_info(info: dict[str, Any]) -> str:
         f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB  (frames compressed {info['frame_compression_ratio']}x)",
         "length       min {min}  mean {mean}  median {median}  max {max}".format(**info["length"]),
     ]
-    for key in ("jump_pad", "character"):
+    for key in ("jump_pad", "character", "intent"):
+        if not info.get(key):
+            continue
         dist = "  ".join(f"{k} {v} ({100 * v / n:.0f}%)" for k, v in info[key].items())
         lines.append(f"{key:<12} {dist}")
     return "\n".join(lines)

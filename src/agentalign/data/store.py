@@ -635,6 +635,8 @@ class StoreReader:
             },
             "jump_pad": dict(sorted(Counter(str(m.get("jump_pad", "unknown")) for m in self._metadata).items())),
             "character": dict(sorted(Counter(str(m.get("character", "unknown")) for m in self._metadata).items())),
+            # Recorded intent (pads or undesirable modes), where the recorder knew it.
+            "intent": dict(sorted(Counter(str(m["intent"]) for m in self._metadata if "intent" in m).items())),
         }
 
     # -- pixels and actions --------------------------------------------------------------------

@@ -190,11 +190,14 @@ def generate(path: str | Path, cfg: GenerateConfig, progress: Callable[[int, int
                 if job is not None and driver.slots[i].done:  # the plan ended before this step
                     finish(i, _pad_name(state.pad[i]))
             active = np.array([r is not None for r in rows])
-            for i in np.flatnonzero(active):
+            live = np.flatnonzero(active)
+            # One gathered copy per step; each job keeps views into it (no per-row copies).
+            frames, acts, pos = batch.frames[live], actions[live], state.pos[live]
+            for j, i in enumerate(live):
                 job = rows[i]
-                job.frames.append(batch.frames[i].copy())
-                job.actions.append(actions[i].copy())
-                job.pos.append(state.pos[i].copy())
+                job.frames.append(frames[j])
+                job.actions.append(acts[j])
+                job.pos.append(pos[j])
                 job.yaw.append(float(state.yaw[i]))
             _, term, trunc, reached = batch.step(actions, active)
             for i in np.flatnonzero(reached):
