@@ -17,6 +17,10 @@ from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/e
 
 app.add_typer(data_app, name="data")
 
+from agentalign import cli_reward  # noqa: E402
+
+cli_reward.register(app)
+
 
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)

@@ -1,0 +1,183 @@
+"""Reward models of appendix C.3 and the frozen encoders they sit on.
+
+    trajectory (T <= 100 frames, padded to 100 with black frames)
+      -> frozen encoder: per-step embeddings e_t                        (100, E)
+      -> step MLP (E -> 256 -> 3, GELU) per step                        (100, 3)
+      -> concatenated                                                    (300,)
+      -> trajectory MLP (300 -> 256 -> 1, GELU)                          scalar r
+
+Two encoders:
+  * `AgentEncoder`: the frozen fine-tuned policy's layer-normed transformer output h_t. A
+    trajectory longer than the context is embedded with a sliding window: h_t sees the last
+    `context` steps. All frames are encoded once; the transformer runs once over the first window
+    (causality gives h_0..h_{C-1}) and once per later step, all in one batched pass.
+  * `RandomEncoder`: a frozen random linear projection of the flattened frame (in [0, 1]) to 512,
+    regenerated from its seed, so checkpoints do not carry 6M random numbers.
+
+After training the raw output is min-max normalised to [0, 1] over the training trajectories;
+the bounds are stored with the checkpoint, and `normalised` clamps to [0, 1] outside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agentalign.envs import gamepad
+from agentalign.models.policy import Policy, read_checkpoint_config
+
+HORIZON = 100  # the paper pads every trajectory to the 100-step evaluation limit
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    encoder: Literal["agent", "random"]
+    embed_dim: int  # E: policy width (agent) or 512 (random)
+    horizon: int = HORIZON
+    step_hidden: int = 256
+    step_out: int = 3
+    traj_hidden: int = 256
+
+
+class RewardModel(nn.Module):
+    def __init__(self, cfg: RewardModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.step_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.step_hidden), nn.GELU(),
+                                      nn.Linear(cfg.step_hidden, cfg.step_out))  # fmt: skip
+        self.traj_mlp = nn.Sequential(nn.Linear(cfg.horizon * cfg.step_out, cfg.traj_hidden), nn.GELU(),
+                                      nn.Linear(cfg.traj_hidden, 1))  # fmt: skip
+        # Min-max bounds over the training trajectories, set after training.
+        self.register_buffer("r_min", torch.tensor(0.0))
+        self.register_buffer("r_max", torch.tensor(1.0))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, horizon, E) embeddings -> (B,) raw rewards."""
+        if emb.shape[1:] != (self.cfg.horizon, self.cfg.embed_dim):
+            raise ValueError(f"embeddings must be (B, {self.cfg.horizon}, {self.cfg.embed_dim}), got {tuple(emb.shape)}")
+        return self.traj_mlp(self.step_mlp(emb).flatten(1)).squeeze(-1)
+
+    def set_normalisation(self, raw: torch.Tensor) -> None:
+        lo, hi = raw.min().detach(), raw.max().detach()
+        self.r_min.copy_(lo)
+        self.r_max.copy_(torch.where(hi > lo, hi, lo + 1.0))
+
+    def normalised(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, horizon, E) -> (B,) rewards in [0, 1]: min-max over the training trajectories."""
+        return ((self(emb) - self.r_min) / (self.r_max - self.r_min)).clamp(0.0, 1.0)
+
+    def save_pretrained(self, directory: str | Path, **info) -> Path:
+        from agentalign.train.common import atomic_save_safetensors, atomic_write_json
+        from agentalign.models.policy import CHECKPOINT_SCHEMA
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                                d / "model.safetensors")  # fmt: skip
+        atomic_write_json(d / "config.json", {"schema": CHECKPOINT_SCHEMA, "kind": "reward",
+                                              "reward_model": asdict(self.cfg), **info})  # fmt: skip
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> tuple["RewardModel", dict]:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = read_checkpoint_config(d, kind="reward")
+        model = cls(RewardModelConfig(**meta["reward_model"]))
+        model.load_state_dict(load_file(d / "model.safetensors"))
+        return model, meta
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """A short hash of a checkpoint's weights: ties a reward model to the policy that encoded it."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update((Path(directory) / "model.safetensors").read_bytes())
+    return h.hexdigest()
+
+
+def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = HORIZON) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, W, 3), (T, 16) -> (horizon, H, W, 3) with black frames, (horizon, 16) with no-ops."""
+    t = frames.shape[0]
+    if t > horizon:
+        raise ValueError(f"trajectory of {t} steps is longer than the reward model's horizon {horizon}")
+    f = torch.zeros((horizon, *frames.shape[1:]), dtype=torch.uint8)
+    f[:t] = frames
+    a = torch.as_tensor(gamepad.noop_action(horizon))
+    a[:t] = actions
+    return f, a
+
+
+class AgentEncoder:
+    """Per-step embeddings from a frozen policy: h_t with a sliding `context`-step window."""
+
+    kind = "agent"
+
+    def __init__(self, policy: Policy):
+        self.policy = policy.eval()
+        for p in self.policy.parameters():
+            p.requires_grad_(False)
+        self.dim = policy.cfg.width
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8, (B, T, 16) actions a_t -> (B, T, width) embeddings h_t."""
+        b, t = frames.shape[:2]
+        c = self.policy.cfg.context
+        z = self.policy.encode(frames)  # (B, T, width): every frame encoded once
+        prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)  # a_{t-1}; index 0 is BOS anyway
+        first = min(t, c)
+        out = [self.policy.forward_embedded(z[:, :first], prev[:, :first])]  # h_0 .. h_{first-1}
+        if t > c:
+            # Window ending at step s (s = c .. t-1) covers s-c+1 .. s; run all of them as one batch.
+            starts = torch.arange(1, t - c + 1)
+            idx = starts[:, None] + torch.arange(c)[None]  # (t-c, c)
+            zw = z[:, idx].reshape(b * (t - c), c, -1)
+            pw = prev[:, idx].reshape(b * (t - c), c, 16)
+            h = self.policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1)
+            out.append(h)
+        return torch.cat(out, 1)
+
+
+class RandomEncoder:
+    """A frozen random linear projection of the flattened frame (appendix C.3's baseline)."""
+
+    kind = "random"
+
+    def __init__(self, image_size: int, dim: int = 512, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        fan_in = image_size * image_size * 3
+        self.weight = torch.randn(fan_in, dim, generator=g) / fan_in**0.5  # (HW3, dim)
+        self.dim, self.seed, self.image_size = dim, seed, image_size
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 -> (B, T, dim)."""
+        x = frames.reshape(*frames.shape[:2], -1).float() / 255.0
+        return x @ self.weight
+
+
+def load_encoder(kind: str, policy_dir: str | Path | None, image_size: int, seed: int = 0, dim: int = 512):
+    """The encoder a reward model needs: `agent` (from a policy checkpoint) or `random`."""
+    if kind == "agent":
+        if policy_dir is None:
+            raise ValueError("the agent encoder needs a policy checkpoint")
+        return AgentEncoder(Policy.from_pretrained(policy_dir))
+    if kind == "random":
+        return RandomEncoder(image_size, dim, seed)
+    raise ValueError(f"unknown reward encoder {kind!r}; choose 'agent' or 'random'")
+
+
+def bt_loss(r_i: torch.Tensor, r_j: torch.Tensor, p_i: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood (paper eq. 1), mean over pairs.
+
+    r_i, r_j: (P,) rewards; p_i: (P,) probability that i is preferred (1, 0, or 0.5 for a tie)."""
+    d = r_i - r_j
+    return -(p_i * F.logsigmoid(d) + (1 - p_i) * F.logsigmoid(-d)).mean()
+

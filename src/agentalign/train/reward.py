@@ -1,0 +1,290 @@
+"""Reward-model training: a Bradley-Terry model of preferences over the agent's own trajectories
+(paper section 3.5, appendix C.3), on the frozen agent encoder or the random-encoder baseline.
+
+Objective: minimise the Bradley-Terry negative log-likelihood (eq. 1) of the labelled
+comparisons, P(i > j) = sigmoid(r_i - r_j), ties counted as 1/2, with L2 regularisation.
+
+Embeddings of the frozen encoder are computed once per trajectory (one batched pass each) and
+cached on disk, so training touches only the two small MLPs.
+
+Departures from the paper, each for the 2-core CPU budget:
+  * Minibatches are drawn by trajectories, not by pairs: each step takes up to
+    `traj_per_step` trajectories and all labelled pairs among them. For a comparison set made of
+    all pairs of a subset this is an unbiased sample of the full loss that costs one reward
+    evaluation per trajectory, where 2048 random pairs would touch almost every trajectory.
+  * The paper's epochs (200, or 50 for the largest set, of 2048-pair minibatches) set the number
+    of steps, capped at `max_steps`.
+  * "L2 regularisation 0.1" is applied as decoupled weight decay (AdamW): an explicit 0.1 * sum(w^2)
+    penalty is ~100x the BT loss at initialisation and flattens every reward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from agentalign.models.reward import RewardModel, RewardModelConfig, bt_loss, pad_trajectory
+from agentalign.prefs import PreferenceSet
+
+EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
+
+
+@dataclass(frozen=True)
+class RewardTrainConfig:
+    encoder: Literal["agent", "random"] = "agent"
+    epochs: int = 200  # appendix C.3
+    epochs_largest: int = 50  # appendix C.3: the largest training set trains for 50 epochs
+    largest_pairs: int = 100_000  # sets with at least this many comparisons count as "largest"
+    batch_pairs: int = 2048  # appendix C.3's minibatch, used to count steps per epoch
+    traj_per_step: int = 128  # trajectories sampled per step (all their labelled pairs are used)
+    max_steps: int = 800  # CPU cap on the paper's epoch count
+    lr: float = 1e-3  # appendix C.3 uses 1e-4 for far more steps; 1e-3 converges within the cap
+    weight_decay: float = 0.1  # appendix C.3's L2 penalty, as decoupled weight decay
+    random_dim: int = 512  # the random encoder's projection size (appendix C.3)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("agent", "random"):
+            raise ValueError(f"encoder must be 'agent' or 'random', got {self.encoder!r}")
+        for name in ("epochs", "epochs_largest", "batch_pairs", "traj_per_step", "max_steps", "random_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
+
+
+# ---- embeddings --------------------------------------------------------------------------------
+
+
+def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100) -> torch.Tensor:
+    """Frozen per-step embeddings of store episodes, padded to `horizon`: (N, horizon, E) float32."""
+    out = []
+    for k in range(0, len(indices), EMBED_BATCH):
+        frames, actions = [], []
+        for i in indices[k : k + EMBED_BATCH]:
+            ep = store.episode(int(i))
+            f, a = pad_trajectory(torch.from_numpy(ep.frames), torch.from_numpy(ep.actions.astype(np.int64)), horizon)
+            frames.append(f)
+            actions.append(a)
+        out.append(encoder(torch.stack(frames), torch.stack(actions)).float())
+    return torch.cat(out) if out else torch.zeros(0, horizon, encoder.dim)
+
+
+def cached_embeddings(path: Path, key: dict, compute) -> torch.Tensor:
+    """Load embeddings from `path` if they were made with the same `key`, else compute and save."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from agentalign.train.common import atomic_save_safetensors
+
+    meta = {"key": json.dumps(key, sort_keys=True)}
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == meta["key"]:
+                return load_file(path)["embeddings"]
+    emb = compute()
+    atomic_save_safetensors({"embeddings": emb.contiguous()}, path, metadata=meta)
+    return emb
+
+
+# ---- labels ------------------------------------------------------------------------------------
+
+
+def preference_matrix(prefs: PreferenceSet, ids: np.ndarray) -> torch.Tensor:
+    """Dense (M, M) matrix over `ids`: P[a, b] = probability that ids[a] is preferred to ids[b]
+    (1, 0 or 0.5 for a tie), NaN where no record compares them. Comparisons naming a trajectory
+    outside `ids` are left out (they belong to the other split)."""
+    pos = {int(t): k for k, t in enumerate(ids)}
+    m = len(ids)
+    P = torch.full((m, m), float("nan"))
+    for pref in prefs.prefs:
+        if any(int(i) not in pos for i in pref.ids):
+            continue
+        for a, b, p in pref.pairs():
+            P[pos[a], pos[b]] = p
+            P[pos[b], pos[a]] = 1.0 - p
+    return P
+
+
+def count_comparisons(P: torch.Tensor) -> int:
+    upper = torch.triu(torch.ones(P.shape, dtype=torch.bool), diagonal=1)
+    return int((torch.isfinite(P) & upper).sum())
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def train_reward_model(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig, log=None) -> tuple[RewardModel, dict]:
+    """Fit a reward model to the comparisons P (M, M) over trajectories with embeddings (M, 100, E)."""
+    m = emb.shape[0]
+    n_pairs = count_comparisons(P)
+    if n_pairs == 0:
+        raise ValueError("no comparisons to train on")
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1]))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = cfg.epochs_largest if n_pairs >= cfg.largest_pairs else cfg.epochs
+    steps = min(cfg.max_steps, epochs * math.ceil(n_pairs / cfg.batch_pairs))
+    upper = torch.triu(torch.ones(m, m, dtype=torch.bool), diagonal=1)
+    known = torch.isfinite(P) & upper
+    k = min(m, cfg.traj_per_step)
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        sub = torch.randperm(m, generator=g)[:k] if k < m else torch.arange(m)
+        mask = known[sub][:, sub] | known[sub][:, sub].T
+        mask &= torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
+        ii, jj = mask.nonzero(as_tuple=True)
+        if len(ii) == 0:  # sparse labels: this sample holds no labelled pair
+            continue
+        r = model(emb[sub])  # (k,)
+        loss = bt_loss(r[ii], r[jj], P[sub[ii], sub[jj]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if log is not None and (step % 50 == 0 or step == steps - 1):
+            log(step, **{"reward/train_loss": float(loss)})
+    with torch.no_grad():
+        model.set_normalisation(model(emb))
+    return model, {"steps": steps, "comparisons": n_pairs, "final_loss": float(loss.detach())}
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pairwise_metrics(rewards: torch.Tensor, P: torch.Tensor) -> dict[str, float]:
+    """Held-out metrics over every labelled pair, named as in the common RLHF libraries.
+
+    reward/accuracy: share of non-tie pairs where the preferred trajectory gets the higher reward;
+    reward/tie_share: share of labelled pairs that are ties (left out of accuracy);
+    reward/margin: mean r_chosen - r_rejected; chosen/rejected means."""
+    m = len(rewards)
+    upper = torch.triu(torch.ones(m, m, dtype=torch.bool), diagonal=1)
+    labelled = torch.isfinite(P) & upper
+    ties = labelled & (P == 0.5)
+    strict = labelled & ~ties
+    i, j = strict.nonzero(as_tuple=True)
+    chosen = torch.where(P[i, j] > 0.5, i, j)
+    rejected = torch.where(P[i, j] > 0.5, j, i)
+    diff = rewards[chosen] - rewards[rejected]
+    n = max(int(labelled.sum()), 1)
+    return {
+        "reward/accuracy": float((diff > 0).float().mean()) if len(diff) else float("nan"),
+        "reward/tie_share": float(ties.sum()) / n,
+        "reward/margin": float(diff.mean()) if len(diff) else float("nan"),
+        "reward/chosen_mean": float(rewards[chosen].mean()) if len(diff) else float("nan"),
+        "reward/rejected_mean": float(rewards[rejected].mean()) if len(diff) else float("nan"),
+        "reward/pairs": float(len(diff)),
+    }
+
+
+# ---- stage functions: synthetic labels, one reward model, the figure-7 sweep -------------------
+
+
+def synthetic_preferences(store, target: str, n_train: int) -> PreferenceSet:
+    """Label a trajectory store with the synthetic labeller: one ranking over the training split
+    (the first `n_train` episodes) and one over the held-out rest. A ranking of M trajectories
+    stands for all M(M-1)/2 comparisons among them."""
+    from agentalign.prefs import SyntheticLabeller, TrajectoryInfo
+
+    n = len(store)
+    if not 2 <= n_train <= n - 2:
+        raise ValueError(f"train split of {n_train} leaves no room in a store of {n} trajectories (need 2..{n - 2})")
+    lab = SyntheticLabeller(target)
+    infos = [TrajectoryInfo.from_metadata(i, store.metadata(i)) for i in range(n)]
+    scores = lab.scores(infos)
+    prefs = PreferenceSet(store.dataset_id, meta={"target": target, "train_ids": list(range(n_train)),
+                                                  "test_ids": list(range(n_train, n)), "labeller": lab.name})  # fmt: skip
+    for ids in (np.arange(n_train), np.arange(n_train, n)):
+        # Dense ranks (0 = best); equal scores share a rank, i.e. are ties.
+        uniq = np.unique(-scores[ids])
+        ranks = np.searchsorted(uniq, -scores[ids])
+        prefs.add([_ranking(ids, ranks, lab.name)])
+    return prefs
+
+
+def _ranking(ids: np.ndarray, ranks: np.ndarray, labeller: str):
+    from agentalign.prefs import Preference
+
+    return Preference(tuple(int(i) for i in ids), ranking=tuple(int(r) for r in ranks), labeller=labeller)
+
+
+def split_ids(prefs: PreferenceSet, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test trajectory ids from a preference set's header (default: all train)."""
+    train = np.array(prefs.meta.get("train_ids", list(range(n))), dtype=np.int64)
+    test = np.array(prefs.meta.get("test_ids", []), dtype=np.int64)
+    return train, test
+
+
+def store_embeddings(store, encoder, cache_dir: Path, indices: np.ndarray, key: dict) -> torch.Tensor:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"embeddings-{encoder.kind}.safetensors"
+    return cached_embeddings(path, {**key, "n": int(len(indices)), "last": int(indices[-1]) if len(indices) else -1},
+                             lambda: embed_trajectories(encoder, store, indices))  # fmt: skip
+
+
+def sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor, P_test: torch.Tensor,
+          sizes: list[int], seeds: int, cfg: RewardTrainConfig, progress=None) -> list[dict]:  # fmt: skip
+    """Held-out accuracy against the number of training comparisons (paper figure 7) for one
+    encoder: for each subset size M and seed, train on all labelled pairs of M random training
+    trajectories and evaluate on every labelled held-out pair."""
+    rows = []
+    for m in sizes:
+        for seed in range(seeds):
+            rng = np.random.default_rng([cfg.seed, m, seed])
+            sub = np.sort(rng.choice(emb_train.shape[0], size=m, replace=False))
+            sub_t = torch.from_numpy(sub)
+            Psub = P_train[sub_t][:, sub_t]
+            from dataclasses import replace
+
+            model, info = train_reward_model(emb_train[sub_t], Psub, replace(cfg, seed=cfg.seed * 1000 + seed))
+            with torch.no_grad():
+                metrics = pairwise_metrics(model(emb_test), P_test)
+            rows.append({"encoder": cfg.encoder, "trajectories": m, "comparisons": info["comparisons"], "seed": seed,
+                         "steps": info["steps"], **metrics})  # fmt: skip
+            if progress:
+                progress(rows[-1])
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Figure 7: held-out accuracy against training comparisons (log x), mean and spread over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for enc, colour in (("agent", "tab:blue"), ("random", "tab:orange")):
+        sel = [r for r in rows if r["encoder"] == enc]
+        if not sel:
+            continue
+        xs = sorted({r["comparisons"] for r in sel})
+        acc = [[100 * r["reward/accuracy"] for r in sel if r["comparisons"] == x] for x in xs]
+        mean = np.array([np.mean(a) for a in acc])
+        sd = np.array([np.std(a) for a in acc])
+        ax.plot(xs, mean, "o-", color=colour, label=f"{enc} encoder")
+        ax.fill_between(xs, mean - sd, mean + sd, color=colour, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training comparisons")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
