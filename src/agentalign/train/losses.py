@@ -1,0 +1,66 @@
+"""The alignment objectives as pure functions of tensors, tested against hand-computed values.
+
+Shapes: B episodes (or pairs), T steps; `logp` are log pi(a_t | context) summed over the 16 action
+heads; masks are True on real steps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+
+def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo"]) -> torch.Tensor:
+    """(B,) returns -> (B,) baselines: none (0), the batch mean, or leave-one-out (the mean of the
+    other episodes' returns, which keeps the estimator unbiased)."""
+    if kind == "none":
+        return torch.zeros_like(returns)
+    if kind == "mean":
+        return returns.mean().expand_as(returns)
+    if kind == "loo":
+        b = returns.shape[0]
+        if b < 2:
+            return torch.zeros_like(returns)
+        return (returns.sum() - returns) / (b - 1)
+    raise ValueError(f"unknown baseline {kind!r}; choose none, mean or loo")
+
+
+def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-step returns when the only reward comes at the end: G_t = gamma^(T-1-t) * R.
+
+    final_reward (B,), mask (B, T) -> (B, T); gamma = 1 gives R at every step (the paper)."""
+    lengths = mask.sum(1, keepdim=True)  # (B, 1)
+    t = torch.arange(mask.shape[1], device=mask.device)[None]  # (1, T)
+    return final_reward[:, None] * gamma ** (lengths - 1 - t).clamp(min=0) * mask
+
+
+def reinforce_loss(logp: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """REINFORCE (Williams, 1992): -mean_episodes sum_t log pi(a_t) * (G_t - b).
+
+    logp (B, T), returns (B, T) per-step returns, mask (B, T), base (B,) -> scalar."""
+    adv = (returns - base[:, None]) * mask
+    return -(logp * adv).sum(1).mean()
+
+
+def kl_penalty(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over episodes of the summed per-step KL(pi || pi_ref): (B, T), (B, T) -> scalar."""
+    return (kl * mask).sum(1).mean()
+
+
+def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Direct Preference Optimisation (Rafailov et al., 2023) on whole trajectories.
+
+    Each argument is (P,) trajectory log-likelihoods sum_t log pi(a_t | ...). Returns the mean loss
+    -log sigmoid(beta * ((c - c_ref) - (r - r_ref))) and the implied-reward metrics."""
+    chosen = beta * (logp_chosen - ref_chosen)
+    rejected = beta * (logp_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return loss, {
+        "dpo/accuracy": float((chosen > rejected).float().mean()),
+        "dpo/margin": float((chosen - rejected).mean()),
+        "dpo/chosen_reward": float(chosen.mean()),
+        "dpo/rejected_reward": float(rejected.mean()),
+    }

@@ -1,0 +1,36 @@
+import math
+
+import torch
+
+from agentalign.train.losses import baseline, discounted_returns, dpo_loss, kl_penalty, reinforce_loss
+
+
+def test_baselines():
+    r = torch.tensor([1.0, 2.0, 6.0])
+    assert torch.equal(baseline(r, "none"), torch.zeros(3))
+    assert torch.allclose(baseline(r, "mean"), torch.full((3,), 3.0))
+    assert torch.allclose(baseline(r, "loo"), torch.tensor([4.0, 3.5, 1.5]))
+
+
+def test_discounted_returns():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    g = discounted_returns(torch.tensor([1.0, 2.0]), mask, 0.5)
+    assert torch.allclose(g, torch.tensor([[0.25, 0.5, 1.0], [1.0, 2.0, 0.0]]))
+    assert torch.allclose(discounted_returns(torch.tensor([3.0]), mask[:1], 1.0), torch.full((1, 3), 3.0))
+
+
+def test_reinforce_loss_by_hand():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    base = torch.tensor([0.25, 0.25])
+    # episode 0: -(-1 - 2) * 0.75 = 2.25; episode 1: -(-0.5) * (-0.25) = -0.125
+    assert abs(float(reinforce_loss(logp, returns, mask, base)) - (2.25 - 0.125) / 2) < 1e-6
+    assert abs(float(kl_penalty(torch.tensor([[0.1, 0.2], [0.3, 5.0]]), mask)) - (0.3 + 0.3) / 2) < 1e-6
+
+
+def test_dpo_loss_by_hand():
+    loss, m = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.5)
+    z = 0.5 * ((-10 + 11) - (-12 + 11))  # = 1
+    assert abs(float(loss) - (-math.log(1 / (1 + math.exp(-z))))) < 1e-6
+    assert m["dpo/accuracy"] == 1.0 and abs(m["dpo/margin"] - 1.0) < 1e-6
