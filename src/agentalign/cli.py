@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from agentalign.cli_util import checked
+
 app = typer.Typer(help="Train game agents the way LLMs are trained.", no_args_is_help=True,
                   pretty_exceptions_enable=False)  # fmt: skip
 env_app = typer.Typer(help="Look at the built-in SkyGarden island.", no_args_is_help=True)
@@ -20,19 +22,6 @@ app.add_typer(data_app, name="data")
 from agentalign import cli_reward  # noqa: E402
 
 cli_reward.register(app)
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _checked(fn, *args, **kwargs):
-    """Run fn, turning ValueError (bad input) into a clean CLI error."""
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as e:
-        _fail(str(e))
 
 
 _PADS_CYCLE = ("left", "middle", "right", "middle")
@@ -55,11 +44,11 @@ def env_video(
 
     targets = [pad or _PADS_CYCLE[i % 4] for i in range(players)]
     params = NavigatorParams(steer_noise=noise, look_around_prob=0.03, dash_prob=0.05, button_prob=0.05)
-    eps = _checked(run_navigators, targets, spawns=[i % 4 for i in range(players)], characters=[character] * players,
+    eps = checked(run_navigators, targets, spawns=[i % 4 for i in range(players)], characters=[character] * players,
                    seed=seed, params=params, width=size, height=size)  # fmt: skip
     frames = viz.episode_panels([e.frames for e in eps], [e.pos for e in eps], [e.jump_pad for e in eps],
                                 view_scale=max(1, 256 // size))  # fmt: skip
-    path = _checked(viz.write_video, out, frames)
+    path = checked(viz.write_video, out, frames)
     typer.echo(f"wrote {path} ({len(frames)} frames): " + ", ".join(f"{e.target}->{e.jump_pad}" for e in eps))
 
 
@@ -79,7 +68,7 @@ def env_sheet(
     from agentalign.players.navigator import NavigatorParams
     from agentalign.players.scripted import run_navigators
 
-    eps = _checked(run_navigators, list(_PADS_CYCLE), spawns=[0, 1, 2, 3], seed=seed,
+    eps = checked(run_navigators, list(_PADS_CYCLE), spawns=[0, 1, 2, 3], seed=seed,
                    params=NavigatorParams(steer_noise=0.1), width=size, height=size)  # fmt: skip
     frames = []
     for e in eps:
@@ -148,14 +137,14 @@ def data_generate(
     from agentalign.players.generate import generate, preset as get_preset
 
     overrides = {k: v for k, v in dict(episodes=episodes, size=size, seed=seed, num_envs=num_envs).items() if v is not None}
-    cfg = _checked(get_preset, preset, **overrides)
+    cfg = checked(get_preset, preset, **overrides)
     start = time.perf_counter()
     with tqdm(total=cfg.episodes, unit="ep", desc=f"generate {preset}", disable=None) as bar:
         def progress(k: int, total: int) -> None:
             bar.n = k
             bar.refresh()
 
-        summary = _checked(generate, out, cfg, progress)
+        summary = checked(generate, out, cfg, progress)
     dt = time.perf_counter() - start
     typer.echo(f"{out}: {summary['episodes']} episodes ({summary['written']} new, {summary['frames']} frames "
                f"in {dt:.1f} s, {summary['frames'] / max(dt, 1e-9):.0f} frames/s)")  # fmt: skip
@@ -176,7 +165,7 @@ def data_sheet(
     from agentalign.envs import viz
     from agentalign.envs.skygarden import topdown
 
-    store = _checked(open_store, path)
+    store = checked(open_store, path)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(store), size=min(samples, len(store)), replace=False)
     frames = []

@@ -8,20 +8,10 @@ from typing import List, Optional
 
 import typer
 
+from agentalign.cli_util import checked, fail
+
 prefs_app = typer.Typer(help="Preferences over trajectories.", no_args_is_help=True)
 reward_app = typer.Typer(help="Bradley-Terry reward models on frozen embeddings.", no_args_is_help=True)
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _checked(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as e:
-        _fail(str(e))
 
 
 @prefs_app.command("synth")
@@ -36,8 +26,8 @@ def prefs_synth(
     from agentalign.data import open_store
     from agentalign.train.reward import synthetic_preferences
 
-    store = _checked(open_store, trajectories)
-    prefs = _checked(synthetic_preferences, store, target, train)
+    store = checked(open_store, trajectories)
+    prefs = checked(synthetic_preferences, store, target, train)
     prefs.save(out)
     n_tr, n_te = len(prefs.meta["train_ids"]), len(prefs.meta["test_ids"])
     typer.echo(f"wrote {out}: target {target}, {n_tr} train / {n_te} test trajectories "
@@ -48,11 +38,11 @@ def _load(trajectories: Path, prefs_path: Path):
     from agentalign.data import open_store
     from agentalign.prefs import PreferenceSet
 
-    store = _checked(open_store, trajectories)
-    prefs = _checked(PreferenceSet.load, prefs_path)
+    store = checked(open_store, trajectories)
+    prefs = checked(PreferenceSet.load, prefs_path)
     if prefs.dataset_id != store.dataset_id:
-        _fail(f"{prefs_path} labels the store {prefs.dataset_id}, but {trajectories} is {store.dataset_id}")
-    _checked(prefs.check_ids, len(store))
+        fail(f"{prefs_path} labels the store {prefs.dataset_id}, but {trajectories} is {store.dataset_id}")
+    checked(prefs.check_ids, len(store))
     return store, prefs
 
 
@@ -63,10 +53,10 @@ def _embeddings(store, prefs, encoder_kind: str, policy: Optional[Path], cache: 
     from agentalign.train.reward import preference_matrix, split_ids, store_embeddings
 
     if encoder_kind == "agent" and policy is None:
-        _fail("--policy is required for the agent encoder")
-    encoder = _checked(load_encoder, encoder_kind, policy, store.image_size[0], seed, dim)
+        fail("--policy is required for the agent encoder")
+    encoder = checked(load_encoder, encoder_kind, policy, store.image_size[0], seed, dim)
     if encoder_kind == "agent" and encoder.policy.cfg.image_size != store.image_size[0]:
-        _fail(f"policy {policy} takes {encoder.policy.cfg.image_size}px frames, the trajectories are {store.image_size[0]}px")
+        fail(f"policy {policy} takes {encoder.policy.cfg.image_size}px frames, the trajectories are {store.image_size[0]}px")
     key = {"store": store.dataset_id, "encoder": encoder_kind,
            "policy": checkpoint_fingerprint(policy) if encoder_kind == "agent" else None, "seed": seed, "dim": dim}  # fmt: skip
     train, test = split_ids(prefs, len(store))
@@ -94,16 +84,16 @@ def reward_train(
     from agentalign.train.common import atomic_write_json
     from agentalign.train.reward import RewardTrainConfig, pairwise_metrics, train_reward_model
 
-    cfg = _checked(build_config, RewardTrainConfig, {"encoder": encoder}, set_)
+    cfg = checked(build_config, RewardTrainConfig, {"encoder": encoder}, set_)
     store, pset = _load(trajectories, prefs)
     start = time.perf_counter()
     key, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, cfg.encoder, policy, out / "cache", cfg.seed, cfg.random_dim)
     if subset is not None:
         if not 2 <= subset <= emb_tr.shape[0]:
-            _fail(f"--subset must lie in 2..{emb_tr.shape[0]}, got {subset}")
+            fail(f"--subset must lie in 2..{emb_tr.shape[0]}, got {subset}")
         sub = torch.from_numpy(np.sort(np.random.default_rng(cfg.seed).choice(emb_tr.shape[0], subset, replace=False)))
         emb_tr, P_tr = emb_tr[sub], P_tr[sub][:, sub]
-    model, info = _checked(train_reward_model, emb_tr, P_tr, cfg)
+    model, info = checked(train_reward_model, emb_tr, P_tr, cfg)
     with torch.no_grad():
         metrics = pairwise_metrics(model(emb_te), P_te) if emb_te.shape[0] >= 2 else {}
     model.save_pretrained(out, stage="reward", encoder=cfg.encoder, policy=str(policy) if policy else None,
@@ -134,7 +124,7 @@ def reward_sweep(
 
     store, pset = _load(trajectories, prefs)
     kinds = [e.strip() for e in encoders.split(",") if e.strip()]
-    cfgs = {k: _checked(build_config, RewardTrainConfig, {"encoder": k}, set_) for k in kinds}
+    cfgs = {k: checked(build_config, RewardTrainConfig, {"encoder": k}, set_) for k in kinds}
     rows = []
     start = time.perf_counter()
     for kind, cfg in cfgs.items():
