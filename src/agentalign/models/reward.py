@@ -128,21 +128,29 @@ class AgentEncoder:
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, 3) uint8, (B, T, 16) actions a_t -> (B, T, width) embeddings h_t."""
-        b, t = frames.shape[:2]
-        c = self.policy.cfg.context
-        z = self.policy.encode(frames)  # (B, T, width): every frame encoded once
-        prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)  # a_{t-1}; index 0 is BOS anyway
-        first = min(t, c)
-        out = [self.policy.forward_embedded(z[:, :first], prev[:, :first])]  # h_0 .. h_{first-1}
-        if t > c:
-            # Window ending at step s (s = c .. t-1) covers s-c+1 .. s; run all of them as one batch.
-            starts = torch.arange(1, t - c + 1)
-            idx = starts[:, None] + torch.arange(c)[None]  # (t-c, c)
-            zw = z[:, idx].reshape(b * (t - c), c, -1)
-            pw = prev[:, idx].reshape(b * (t - c), c, 16)
-            h = self.policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1)
-            out.append(h)
-        return torch.cat(out, 1)
+        return sliding_window_features(self.policy, frames, actions)
+
+
+def sliding_window_features(policy: Policy, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """h_t for every step of whole trajectories, as the policy saw them in a rollout: each h_t
+    from the window of the last `context` steps, with BOS at the window's first position.
+
+    frames (B, T, H, W, 3) uint8, actions (B, T, 16) a_t -> (B, T, width). Differentiable (the
+    caller chooses grad or inference mode). Every frame is encoded once; the transformer runs once
+    over the first window (causality gives h_0..h_{C-1}) and once per later step, batched."""
+    b, t = frames.shape[:2]
+    c = policy.cfg.context
+    z = policy.encode(frames)  # (B, T, width)
+    prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)  # a_{t-1}; index 0 is BOS anyway
+    first = min(t, c)
+    out = [policy.forward_embedded(z[:, :first], prev[:, :first])]  # h_0 .. h_{first-1}
+    if t > c:
+        # The window ending at step s (s = c .. t-1) covers s-c+1 .. s.
+        idx = torch.arange(1, t - c + 1)[:, None] + torch.arange(c)[None]  # (t-c, c)
+        zw = z[:, idx].reshape(b * (t - c), c, -1)
+        pw = prev[:, idx].reshape(b * (t - c), c, prev.shape[-1])
+        out.append(policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1))
+    return torch.cat(out, 1)
 
 
 class RandomEncoder:

@@ -1,0 +1,300 @@
+"""Online alignment: REINFORCE on the reward model's return, with a KL leash to the SFT policy
+(paper section 3.6, appendix A step 5, appendix C.4).
+
+Objective, per batch of B episodes τ_1..τ_B of the current policy π_θ:
+
+    L(θ) = -1/B Σ_i Σ_t log π_θ(a_t | context_t) (G_it - b_i)  +  β · 1/B Σ_i Σ_t KL(π_θ || π_SFT)(context_t)
+
+where G_it = γ^(T_i-1-t) R_i with R_i the reward model's min-max normalised output for τ_i, the
+same return at every step when γ = 1 (the paper's undiscounted REINFORCE), and b_i a baseline.
+The true jump-pad outcome (from the environment's privileged info) is logged beside the reward
+model's return every update and never used for training.
+
+Departures from the paper, all configurable back to it:
+  * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`).
+  * β: the paper trains the last layer without KL (`beta=0`, which loads no reference model);
+    the standard LLM recipe it cites regularises to the SFT policy, which we default on, small.
+  * `train_only`: "head" (the paper: only the MLP after the transformer), "all" or "lora".
+
+With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
+the rollout already computed are exactly those of the SFT policy: the update recomputes only the
+head on them, the KL needs only the SFT head, and the reward model's agent encoder (the frozen SFT
+policy) sees the same features. "all" and "lora" recompute h_t with gradients from the frames.
+An episode whose reward cannot be computed (an error or a non-finite value) is dropped and the
+batch shrinks, as in appendix C.4.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from agentalign.envs.skygarden import world as W
+from agentalign.models import ActionDistribution, Policy
+from agentalign.models.reward import RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features
+from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
+from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
+from agentalign.train.losses import baseline, discounted_returns, kl_penalty, reinforce_loss
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    target: str = "left"  # the pad the designer wants; used for the logged true success only
+    episodes: int = 2400  # online episodes (paper: 9,600 = 600 updates x 16)
+    batch_episodes: int = 16  # episodes per update (appendix C.4)
+    lr: float = 1e-4  # appendix C.4
+    train_only: Literal["head", "all", "lora"] = "head"  # appendix C.4 trains only the head
+    beta: float = 0.02  # KL(pi || pi_SFT) weight; 0 turns it off and loads no reference model
+    gamma: float = 1.0  # undiscounted, as the paper
+    baseline: Literal["none", "mean", "loo"] = "loo"  # variance reduction; the paper uses none
+    temperature: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        W.pad_index(self.target)
+        if self.episodes <= 0:
+            raise ValueError(f"episodes must be positive, got {self.episodes}")
+        if self.batch_episodes <= 0:
+            raise ValueError(f"batch_episodes must be positive, got {self.batch_episodes}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0 (0 turns the KL off), got {self.beta}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.train_only not in ("head", "all", "lora"):
+            raise ValueError(f"train_only must be head, all or lora, got {self.train_only!r}")
+        if self.baseline not in ("none", "mean", "loo"):
+            raise ValueError(f"baseline must be none, mean or loo, got {self.baseline!r}")
+
+
+# ---- LoRA: a few lines instead of a dependency ---------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """y = W x + (alpha / r) B A x, with W frozen and B initialised to zero (Hu et al., 2021)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.a.T @ self.b.T) * self.scale
+
+    def merged(self) -> nn.Linear:
+        out = copy.deepcopy(self.base)
+        out.weight.data += (self.b @ self.a) * self.scale
+        return out
+
+
+def add_lora(policy: Policy, rank: int, alpha: float) -> list[nn.Parameter]:
+    """Wrap the transformer's linear layers in LoRA adapters; return the trainable parameters
+    (the adapters and the head)."""
+    params = []
+    for blk in policy.blocks:
+        for name in ("qkv", "proj", "fc", "fc_out"):
+            lora = LoRALinear(getattr(blk, name), rank, alpha)
+            setattr(blk, name, lora)
+            params += [lora.a, lora.b]
+    return params + list(policy.head.parameters())
+
+
+def merge_lora(policy: Policy) -> None:
+    for blk in policy.blocks:
+        for name in ("qkv", "proj", "fc", "fc_out"):
+            m = getattr(blk, name)
+            if isinstance(m, LoRALinear):
+                setattr(blk, name, m.merged())
+
+
+# ---- rewards -----------------------------------------------------------------------------------
+
+
+class TrajectoryRewarder:
+    """The reward model's normalised return for finished trajectories (frames kept by the rollout)."""
+
+    def __init__(self, reward_dir: str | Path, reference: Policy | None, image_size: int):
+        self.model, self.meta = RewardModel.from_pretrained(reward_dir)
+        self.model.eval()
+        self.kind = self.model.cfg.encoder
+        if self.kind == "agent":
+            if reference is None:
+                raise ValueError("an agent-encoder reward model needs its policy")
+            self.encoder = reference
+        else:
+            from agentalign.models.reward import RandomEncoder
+
+            self.encoder = RandomEncoder(image_size, self.model.cfg.embed_dim, int(self.meta.get("random_seed", 0)))
+
+    @torch.inference_mode()
+    def __call__(self, trajs: list[Trajectory]) -> np.ndarray:
+        """(B,) normalised rewards; NaN for an episode whose reward could not be computed."""
+        out = np.full(len(trajs), np.nan)
+        frames, actions, ok = [], [], []
+        for i, tr in enumerate(trajs):
+            try:
+                f, a = pad_trajectory(torch.from_numpy(tr.frames[: tr.length]), torch.from_numpy(tr.actions),
+                                      self.model.cfg.horizon)  # fmt: skip
+            except (ValueError, TypeError):
+                continue
+            frames.append(f)
+            actions.append(a)
+            ok.append(i)
+        if not ok:
+            return out
+        f, a = torch.stack(frames), torch.stack(actions)
+        emb = sliding_window_features(self.encoder, f, a) if self.kind == "agent" else self.encoder(f)
+        out[ok] = self.model.normalised(emb.float()).numpy()
+        return out
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def check_reward_matches(reward_dir: Path, reference_dir: Path) -> dict:
+    """Refuse a reward model trained on another policy's embeddings."""
+    meta = RewardModel.from_pretrained(reward_dir)[1]
+    if meta.get("encoder") == "agent":
+        fp = checkpoint_fingerprint(reference_dir)
+        if meta.get("policy_fingerprint") != fp:
+            raise ValueError(f"reward model {reward_dir} was trained on the embeddings of policy "
+                             f"{meta.get('policy')!r} (fingerprint {meta.get('policy_fingerprint')}), "
+                             f"not of the reference {reference_dir} (fingerprint {fp})")  # fmt: skip
+    return meta
+
+
+def _frozen_trunk_matches(policy: Policy, reference: Policy) -> bool:
+    ref = reference.state_dict()
+    return all(torch.equal(v, ref[k]) for k, v in policy.state_dict().items() if not k.startswith("head."))
+
+
+def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_dir: str | Path, out_dir: str | Path,
+                    cfg: ReinforceConfig, progress=None) -> dict:  # fmt: skip
+    """Align the policy at `policy_dir` (the SFT or preference-fine-tuned agent) towards the reward
+    model, regularised to `reference_dir` (the SFT agent the reward model's encoder is)."""
+    out = Path(out_dir)
+    reference_dir, reward_dir = Path(reference_dir), Path(reward_dir)
+    check_reward_matches(reward_dir, reference_dir)
+    seed_everything(cfg.seed)
+    policy = Policy.from_pretrained(policy_dir)
+    reference = Policy.from_pretrained(reference_dir).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    if policy.cfg != reference.cfg:
+        raise ValueError(f"{policy_dir} and the reference {reference_dir} are different models")
+    if cfg.train_only == "head" and not _frozen_trunk_matches(policy, reference):
+        raise ValueError(f"{policy_dir} does not share its encoder and transformer with the reference "
+                         f"{reference_dir}: train it with train_only='all' or 'lora', or start from the reference")  # fmt: skip
+    rewarder = TrajectoryRewarder(reward_dir, reference, policy.cfg.image_size)
+
+    for p in policy.parameters():
+        p.requires_grad_(cfg.train_only == "all")
+    if cfg.train_only == "head":
+        params = list(policy.head.parameters())
+    elif cfg.train_only == "lora":
+        params = add_lora(policy, cfg.lora_rank, cfg.lora_alpha)
+    else:
+        params = list(policy.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    log = MetricsLogger(out)
+    # Waves of one batch each: every update is on-policy. Frames are kept for the reward model.
+    roll = RolloutConfig(episodes=cfg.episodes, seed=cfg.seed, temperature=cfg.temperature,
+                         num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head")  # fmt: skip
+    history = []
+    done = dropped = 0
+    t0 = time.perf_counter()
+    for update, wave in enumerate(iter_waves(policy, roll)):
+        rewards = rewarder(wave)
+        keep = [i for i in range(len(wave)) if np.isfinite(rewards[i])]
+        dropped += len(wave) - len(keep)
+        done += len(wave)
+        succ = float(np.mean([tr.jump_pad == cfg.target for tr in wave]))
+        row = {"align/episodes": done, "align/success": succ, "align/dropped": dropped,
+               "align/length": float(np.mean([tr.length for tr in wave]))}  # fmt: skip
+        for name in W.PAD_NAMES:
+            row[f"align/pad_{name}"] = float(np.mean([tr.jump_pad == name for tr in wave]))
+        row["align/pad_none"] = float(np.mean([tr.jump_pad == "none" for tr in wave]))
+        if keep:
+            batch = [wave[i] for i in keep]
+            R = torch.tensor(rewards[keep], dtype=torch.float32)
+            metrics = _update(policy, reference, batch, R, opt, params, cfg)
+            row.update(metrics)
+            row["align/reward_return"] = float(R.mean())
+        row["align/seconds"] = time.perf_counter() - t0
+        history.append(row)
+        log.log(update, **row)
+        if progress:
+            progress(done, cfg.episodes, row)
+    if cfg.train_only == "lora":
+        merge_lora(policy)
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    policy.save_pretrained(out, stage="align", parent=str(policy_dir), reference=str(reference_dir),
+                           reward_model=str(reward_dir), target=cfg.target, episodes=done)  # fmt: skip
+    log.close()
+    summary = {"episodes": done, "updates": len(history), "dropped": dropped, "seconds": time.perf_counter() - t0,
+               "final_success": float(np.mean([h["align/success"] for h in history[-5:]])), "target": cfg.target}  # fmt: skip
+    atomic_write_json(out / "align_summary.json", summary)
+    return summary
+
+
+def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch.Tensor, opt, params,
+            cfg: ReinforceConfig) -> dict[str, float]:  # fmt: skip
+    policy.train(cfg.train_only != "head")  # dropout only matters where the trunk trains
+    b, tmax = len(batch), max(tr.length for tr in batch)
+    mask = torch.zeros(b, tmax, dtype=torch.bool)
+    actions = torch.zeros(b, tmax, 16, dtype=torch.int64)
+    for i, tr in enumerate(batch):
+        mask[i, : tr.length] = True
+        actions[i, : tr.length] = torch.from_numpy(tr.actions)
+    if cfg.train_only == "head":
+        h = torch.zeros(b, tmax, policy.cfg.width)
+        for i, tr in enumerate(batch):
+            h[i, : tr.length] = torch.from_numpy(tr.h)
+        h_ref = h
+    else:
+        frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)
+        for i, tr in enumerate(batch):
+            frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
+        h = sliding_window_features(policy, frames, actions)
+        h_ref = None
+    dist = ActionDistribution(policy.head(h), cfg.temperature)
+    logp = dist.log_prob(actions)  # (B, T)
+    returns = discounted_returns(R, mask, cfg.gamma)
+    loss = reinforce_loss(logp, returns, mask, baseline(R, cfg.baseline))
+    kl = torch.zeros(())
+    if cfg.beta > 0:
+        with torch.no_grad():
+            if h_ref is None:
+                h_ref = sliding_window_features(reference, frames, actions)
+            ref = ActionDistribution(reference.head(h_ref), cfg.temperature)
+        kl = kl_penalty(dist.kl(ref), mask)
+        loss = loss + cfg.beta * kl
+    opt.zero_grad()
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    policy.eval()
+    steps = mask.sum()
+    return {
+        "align/loss": float(loss.detach()),
+        "align/kl": float(kl.detach()) / max(float(steps) / b, 1.0),  # per step
+        "align/entropy": float((dist.entropy().detach() * mask).sum() / steps),
+        "align/grad_norm": float(gn),
+    }

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+import torch
+
+from agentalign.models import Policy
+from agentalign.train.reinforce import ReinforceConfig, train_reinforce
+
+
+def _params(d):
+    return Policy.from_pretrained(d).state_dict()
+
+
+@pytest.mark.parametrize("train_only", ["head", "lora"])
+def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only):
+    cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, seed=0)
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert summary["updates"] == 2 and summary["episodes"] == 8
+    before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("head.") for k in changed)
+    if train_only == "head":
+        assert all(k.startswith("head.") for k in changed)
+    else:
+        assert any(k.startswith("blocks.") for k in changed)  # the merged adapters
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["align/loss"])) for r in rows)
+    assert {"align/success", "align/reward_return", "align/kl", "align/entropy"} <= set(rows[0])
+
+
+def test_same_seed_same_result(tiny_stack, tmp_path):
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, seed=3)
+    train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "a", cfg)
+    train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "b", cfg)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
+    for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
+                          ({"target": "top"}, "unknown jump pad 'top'")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            ReinforceConfig(**kwargs)
+    with pytest.raises(ValueError, match="trained on the embeddings of policy"):
+        train_reinforce(tiny_stack["other"], tiny_stack["other"], tiny_stack["rm"], tmp_path / "x", ReinforceConfig(episodes=4))
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
