@@ -1,0 +1,121 @@
+"""Offline alignment: Direct Preference Optimisation (Rafailov et al., 2023) straight from the
+preference pairs, with the SFT policy as the reference — the offline alternative the paper
+names in section 3.6.2 and appendix J.
+
+Objective over labelled pairs (τ_w preferred to τ_l), trajectory log-likelihoods
+log π(τ) = Σ_t log π(a_t | context_t):
+
+    L(θ) = -E log σ( β [ (log π_θ(τ_w) - log π_SFT(τ_w)) - (log π_θ(τ_l) - log π_SFT(τ_l)) ] )
+
+Departure: only the head (the MLP after the transformer) trains, as in the paper's other
+alignment stages. The frozen transformer's outputs h_t for every trajectory are then those the
+reward model's agent encoder computes, so they are computed once (and shared with the reward
+stage's cache), and each step only re-runs the head. Ties are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agentalign.models import ActionDistribution, Policy
+from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
+from agentalign.train.losses import dpo_loss
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1  # Rafailov et al.'s default strength of the pull to the reference
+    lr: float = 1e-4
+    steps: int = 400
+    batch_pairs: int = 64
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        for name in ("steps", "batch_pairs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def trajectory_logp(head: torch.nn.Module, h: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h (N, T, width), actions (N, T, 16), mask (N, T) -> (N,) sum_t log pi(a_t) over real steps."""
+    return (ActionDistribution(head(h)).log_prob(actions) * mask).sum(1)
+
+
+def strict_pairs(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) index pairs of every non-tie labelled comparison in P (M, M)."""
+    upper = torch.triu(torch.ones(P.shape, dtype=torch.bool), diagonal=1)
+    i, j = (torch.isfinite(P) & upper & (P != 0.5)).nonzero(as_tuple=True)
+    first = P[i, j] > 0.5
+    return torch.where(first, i, j), torch.where(first, j, i)
+
+
+def train_dpo(policy_dir: str | Path, h: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor,
+              P: torch.Tensor, out_dir: str | Path, cfg: DPOConfig) -> dict:  # fmt: skip
+    """Fit the SFT policy's head with DPO.
+
+    h (M, T, width): the SFT policy's features of the M training trajectories; actions (M, T, 16);
+    lengths (M,); P (M, M) the preference matrix over them (see train.reward.preference_matrix)."""
+    seed_everything(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    policy = Policy.from_pretrained(policy_dir)
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    reference_head = policy.head
+    policy.head = copy.deepcopy(reference_head)
+    for p in policy.head.parameters():
+        p.requires_grad_(True)
+    mask = torch.arange(h.shape[1])[None] < lengths[:, None]  # (M, T)
+    with torch.no_grad():
+        ref_logp = trajectory_logp(reference_head, h, actions, mask)  # (M,)
+    chosen, rejected = strict_pairs(P)
+    if len(chosen) == 0:
+        raise ValueError("no strict (non-tie) preference pairs to train DPO on")
+    opt = torch.optim.Adam(policy.head.parameters(), lr=cfg.lr)
+    log = MetricsLogger(out_dir)
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for step in range(cfg.steps):
+        k = torch.randint(len(chosen), (min(cfg.batch_pairs, len(chosen)),), generator=g)
+        c, r = chosen[k], rejected[k]
+        lc = trajectory_logp(policy.head, h[c], actions[c], mask[c])
+        lr_ = trajectory_logp(policy.head, h[r], actions[r], mask[r])
+        loss, metrics = dpo_loss(lc, lr_, ref_logp[c], ref_logp[r], cfg.beta)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.head.parameters(), cfg.grad_clip)
+        opt.step()
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log.log(step, **{"dpo/loss": float(loss.detach()), **metrics})
+    log.close()
+    for p in policy.head.parameters():
+        p.requires_grad_(False)
+    out = Path(out_dir)
+    policy.save_pretrained(out, stage="dpo", parent=str(policy_dir), reference=str(policy_dir), beta=cfg.beta)
+    summary = {"steps": cfg.steps, "pairs": int(len(chosen)), "seconds": time.perf_counter() - t0,
+               **{k: float(v) for k, v in metrics.items()}}  # fmt: skip
+    atomic_write_json(out / "dpo_summary.json", summary)
+    return summary
+
+
+def lengths_and_actions(store, ids: np.ndarray, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) lengths and (M, horizon, 16) actions of store episodes, padded with no-ops."""
+    from agentalign.envs import gamepad
+
+    acts = torch.as_tensor(np.tile(gamepad.noop_action(), (len(ids), horizon, 1)))
+    lengths = torch.zeros(len(ids), dtype=torch.int64)
+    for k, i in enumerate(ids):
+        a = store.actions(int(i)).astype(np.int64)
+        acts[k, : len(a)] = torch.from_numpy(a[:horizon])
+        lengths[k] = min(len(a), horizon)
+    return lengths, acts
