@@ -1,0 +1,110 @@
+"""Preference fine-tuning: score trajectories with the reward model, keep the best, clone them
+(paper section 3.6.1, appendix C.4) — Reinforced Self-Training (ReST, Gulcehre et al., 2023).
+
+Objective per iteration: behaviour cloning (the BC loss of `agentalign.train.bc`) on the top
+`top_fraction` (20 %) of trajectories ranked by the reward model, training only the MLP after the
+transformer (appendix C.4: lr 1e-5, 1000 updates of 256 at paper scale; the `preference` BC preset
+scales that for the CPU).
+
+Iteration 1 ranks the training trajectories the preferences were collected on (the paper's single
+"grow" step). Further iterations — the paper's suggested further work — roll out the current
+policy for fresh trajectories, rank them with the same reward model and clone the best again.
+
+The reward model's agent encoder is the frozen SFT policy, so every ranking embeds trajectories
+with that policy, whatever the policy being fine-tuned has become.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agentalign.data import StoreWriter, open_store
+from agentalign.models import Policy
+from agentalign.models.reward import RewardModel, load_encoder
+from agentalign.rollout import RolloutConfig, record_rollouts
+from agentalign.train.bc import BCConfig, bc_preset, train_bc
+from agentalign.train.common import atomic_write_json
+from agentalign.train.reward import embed_trajectories
+
+
+@dataclass(frozen=True)
+class PreferenceFTConfig:
+    top_fraction: float = 0.2  # appendix C.4: the top 20 % by reward
+    iterations: int = 1  # ReST grow steps; the paper runs one
+    rollout_episodes: int = 400  # fresh trajectories per iteration after the first
+    bc: BCConfig = field(default_factory=lambda: bc_preset("preference"))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.rollout_episodes < 2:
+            raise ValueError(f"rollout_episodes must be >= 2, got {self.rollout_episodes}")
+
+
+def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path) -> np.ndarray:
+    """(len(ids),) normalised rewards of store episodes under the reward model at `reward_dir`."""
+    model, meta = RewardModel.from_pretrained(reward_dir)
+    encoder = load_encoder(meta["encoder"], meta.get("policy"), store.image_size[0], int(meta.get("random_seed", 0)),
+                           model.cfg.embed_dim)  # fmt: skip
+    emb = embed_trajectories(encoder, store, ids, model.cfg.horizon)
+    with torch.no_grad():
+        return model.normalised(emb).numpy()
+
+
+def select_top(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions of the top `fraction` of scores (at least one), best first; ties by position."""
+    k = max(1, int(round(fraction * len(scores))))
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
+    if (dst / "manifest.json").exists():  # a resumed run: the selection is deterministic
+        if len(open_store(dst)) == len(ids):
+            return
+        raise ValueError(f"{dst} holds another selection; remove it to start this stage again")
+    with StoreWriter(dst, image_size=src.image_size) as w:
+        for i in ids:
+            w.add(src.episode(int(i)))
+
+
+def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajectories: str | Path,
+                        train_ids: np.ndarray, out_dir: str | Path, cfg: PreferenceFTConfig,
+                        progress: bool = False) -> dict:  # fmt: skip
+    """Run `cfg.iterations` rounds of rank-select-clone; the final policy is saved in `out_dir`."""
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    current = Path(policy_dir)
+    rounds = []
+    for it in range(1, cfg.iterations + 1):
+        d = out / f"iter{it}"
+        if it == 1:
+            store, ids = open_store(trajectories), np.asarray(train_ids)
+        else:
+            roll = d / "rollouts"
+            record_rollouts(current, roll, RolloutConfig(episodes=cfg.rollout_episodes, seed=cfg.seed + it))
+            store = open_store(roll)
+            ids = np.arange(len(store))
+        scores = score_trajectories(store, ids, reward_dir)
+        top = ids[select_top(scores, cfg.top_fraction)]
+        _copy_episodes(store, top, d / "top")
+        pads = [store.metadata(int(i)).get("jump_pad") for i in top]
+        bc = replace(cfg.bc, data=str(d / "top"), seed=cfg.seed + it).with_init(current)
+        train_bc(bc, d / "model", progress=progress)
+        current = d / "model"
+        rounds.append({"iteration": it, "ranked": int(len(ids)), "kept": int(len(top)),
+                       "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
+                       "mean_score_all": float(scores.mean()), "mean_score_kept": float(np.sort(scores)[-len(top):].mean())})  # fmt: skip
+    policy = Policy.from_pretrained(current)
+    policy.save_pretrained(out, stage="preference_ft", parent=str(policy_dir), reward_model=str(reward_dir),
+                           iterations=cfg.iterations)  # fmt: skip
+    summary = {"rounds": rounds, "seconds": time.perf_counter() - t0}
+    atomic_write_json(out / "pft_summary.json", summary)
+    return summary
