@@ -18,6 +18,7 @@ app.add_typer(env_app, name="env")
 from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/export live there)
 
 app.add_typer(data_app, name="data")
+__import__("agentalign.cli_train").cli_train.register(app)  # pretrain, sft
 
 from agentalign import cli_reward  # noqa: E402
 
@@ -181,6 +182,24 @@ def data_sheet(
     typer.echo(f"wrote {out}: {len(frames)} frames, heatmap of {sum(len(p) for p in positions)} positions")
 
 
+@app.command("pipeline")
+def pipeline(
+    config: str = typer.Option("cpu", help="Preset (cpu | smoke | paper) or a TOML file."),
+    target: Optional[str] = typer.Option(None, help="Target pad: left | middle | right (default: the preset's)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<preset>)."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set align.episodes=1600."),
+) -> None:
+    """Every stage, from nothing to an aligned agent and report.html. Resumable: run it again."""
+    from agentalign.pipeline import load_pipeline_config, run_pipeline
+
+    overrides = list(set_) + ([f"target={target}"] if target else [])
+    cfg = checked(load_pipeline_config, config, overrides)
+    folder = out or Path("runs") / Path(config).stem
+    typer.echo(f"agentalign pipeline: preset {config}, target {cfg.target}, run folder {folder}")
+    checked(run_pipeline, folder, cfg, from_, echo=lambda line: typer.echo(line))
+
+
 @env_app.command("info")
 def env_info() -> None:
     """The spaces, characters, spawns and pads, as JSON."""
@@ -197,6 +216,9 @@ def env_info() -> None:
         "pads": dict(zip(W.PAD_NAMES, W.PAD_CENTRES.tolist())),
         "map_cells": [W.MAP_WIDTH, W.MAP_HEIGHT],
     }, indent=2))  # fmt: skip
+
+
+__import__("agentalign.cli_eval").cli_eval.register(app)  # the `eval` and `rollout` commands
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,16 +1,32 @@
-"""Mechanics shared by the training stages: seeding, atomic files, metrics logging.
+"""Mechanics shared by the training stages: seeding, atomic files, metrics logging, devices,
+AdamW parameter groups, the learning-rate schedule, run directories and exact-resume state.
 
 Nothing here knows about a particular objective; each stage module owns its loss and loop.
+
+Training state for exact resume (`save_train_state` / `load_train_state`) lives in
+`OUT/train_state/`:
+
+    latest.json                  the commit point: step, the live snapshot's folder, JSON scalars
+                                 (optimizer hyper-parameters, numpy/python RNG states, whatever
+                                 the stage adds, e.g. its loader position)
+    step-000000500-1a2b3c4d/     model.safetensors, optimizer.safetensors, rng.safetensors
+
+A snapshot is written into a fresh folder, then latest.json is replaced atomically, then older
+folders are deleted; a crash at any moment leaves latest.json naming a complete snapshot.
+Safetensors and JSON only, never pickle.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -39,9 +55,20 @@ def _atomic_replace(path: Path, write) -> None:
         raise
 
 
+def json_safe(x: Any) -> Any:
+    """Valid JSON for any result: NaN and inf (an accuracy with no pairs to score, say) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON so that readers see the old file or the new one, never half of one."""
-    data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
+    data = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     _atomic_replace(Path(path), lambda f: f.write(data))
 
 
@@ -84,3 +111,231 @@ class MetricsLogger:
 def read_metrics(directory: str | Path) -> list[dict[str, float]]:
     path = Path(directory) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def truncate_metrics(directory: str | Path, last_step: int) -> None:
+    """Drop rows logged after `last_step` (a run that died after its last checkpoint logged steps
+    that its resumption will log again)."""
+    path = Path(directory) / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= last_step]
+    if len(keep) != len(lines):
+        data = "".join(ln + "\n" for ln in keep).encode()
+        _atomic_replace(path, lambda f: f.write(data))
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, optimiser, schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch.device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def no_decay(name: str, param: torch.nn.Parameter, module: torch.nn.Module) -> bool:
+    """Weight decay applies to the weights of Linear and Conv layers only: not to norms, biases,
+    embeddings or learned positions, whose scale is meaningful (GPT-2 / minGPT practice)."""
+    return not (isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) and name.endswith("weight"))
+
+
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters (requires_grad) split into a decayed and an undecayed group."""
+    owner: dict[str, torch.nn.Module] = {}
+    for mod_name, mod in model.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            owner[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if no_decay(name, p, owner[name]) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_at(step: int, lr: float, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Learning rate for update number `step` (0-based): linear warm-up over `warmup` updates, then
+    constant, or a cosine decay to zero at `total`."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    raise ValueError(f"schedule must be constant or cosine, got {schedule!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Run directories
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_run_config(out_dir: str | Path, config: dict[str, Any], ignore: Iterable[str] = ()) -> str:
+    """Claim `out_dir` for a run with `config` (plain data, see config_to_dict).
+
+    Returns "fresh" (nothing there: run_config.json is written) or "existing" (a run with the same
+    config, to resume or return). Raises ValueError for a run with another config, naming the
+    differing keys, or for a checkpoint folder this machinery did not write. Keys in `ignore`
+    (settings that do not change results, such as the number of loader workers) may differ."""
+    out = Path(out_dir)
+    path = out / "run_config.json"
+    if path.exists():
+        saved = _flatten(json.loads(path.read_text()))
+        now = _flatten(config)
+        skip = set(ignore)
+        diffs = [f"{k}: {saved.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} now"
+                 for k in sorted(set(saved) | set(now)) if k not in skip and saved.get(k) != now.get(k)]  # fmt: skip
+        if diffs:
+            raise ValueError(f"{out} holds a run with a different config ({'; '.join(diffs[:6])}"
+                             f"{'; ...' if len(diffs) > 6 else ''}); choose another output folder or delete it")  # fmt: skip
+        atomic_write_json(path, config)  # the ignored settings as they are now
+        return "existing"
+    if (out / "config.json").exists() or (out / TRAIN_STATE).exists():
+        raise ValueError(f"{out} holds a checkpoint without run_config.json; choose another output folder")
+    atomic_write_json(path, config)
+    return "fresh"
+
+
+# --------------------------------------------------------------------------------------------
+# Exact-resume training state
+
+TRAIN_STATE = "train_state"
+TRAIN_STATE_SCHEMA = 1
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Global RNG states: torch (and CUDA) as tensors, numpy's legacy and Python's as JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    info = {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss_next]}  # fmt: skip
+    return tensors, info
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    kind, keys, pos, has_gauss, cached = info["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = info["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _param_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the optimizer's parameters in its own (state_dict index) order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def optimizer_state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as tensors keyed "param.name/slot" plus JSON (hyper-parameters, scalars)."""
+    order = _param_order(model, optimizer)
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, slots in sd["state"].items():
+        for slot, v in slots.items():
+            key = f"{order[idx]}/{slot}"
+            if torch.is_tensor(v):
+                tensors[key] = v.detach().cpu().contiguous()
+            else:
+                scalars[key] = v
+    groups = []
+    for g in sd["param_groups"]:
+        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+                      | {"params": [order[i] for i in g["params"]]})  # fmt: skip
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:  # fmt: skip
+    """Inverse of `optimizer_state_tensors`; the optimizer must hold the same parameters."""
+    order = _param_order(model, optimizer)
+    saved = [n for g in info["param_groups"] for n in g["params"]]
+    if saved != order:
+        raise ValueError("saved optimizer state is for other parameters "
+                         f"({len(saved)} saved, {len(order)} now); was train_only changed?")  # fmt: skip
+    index = {n: i for i, n in enumerate(order)}
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in list(tensors.items()) + list(info["scalars"].items()):
+        name, slot = key.rsplit("/", 1)
+        state.setdefault(index[name], {})[slot] = v
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)  # keeps the current hyper-parameters; the schedule sets lr each step
+
+
+def save_train_state(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Snapshot parameters, optimizer, RNG states and `extra` (JSON) for an exact resume."""
+    root = Path(out_dir) / TRAIN_STATE
+    snap = root / f"step-{step:09d}-{uuid.uuid4().hex[:8]}"  # fresh: latest.json never names a half-written one
+    meta = {"step": str(step)}
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                            snap / "model.safetensors", meta)  # fmt: skip
+    opt_tensors, opt_info = optimizer_state_tensors(model, optimizer)
+    atomic_save_safetensors(opt_tensors, snap / "optimizer.safetensors", meta)
+    rng_tensors, rng_info = rng_state()
+    atomic_save_safetensors(rng_tensors, snap / "rng.safetensors", meta)
+    atomic_write_json(root / "latest.json", {"schema": TRAIN_STATE_SCHEMA, "step": step, "snapshot": snap.name,
+                                             "optimizer": opt_info, "rng": rng_info, **(extra or {})})  # fmt: skip
+    for old in root.iterdir():
+        if old.is_dir() and old.name != snap.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return snap
+
+
+def load_train_state(out_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore what `save_train_state` wrote (parameters, optimizer, RNG states); returns latest.json
+    (with "step" and the stage's extras), or None when there is no state to resume."""
+    from safetensors.torch import load_file
+
+    root = Path(out_dir) / TRAIN_STATE
+    path = root / "latest.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    if meta.get("schema") != TRAIN_STATE_SCHEMA:
+        raise ValueError(f"{path}: train state schema {meta.get('schema')!r}, this version reads {TRAIN_STATE_SCHEMA}")
+    snap = root / meta["snapshot"]
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(snap / "model.safetensors", device=str(device)), strict=True)
+    load_optimizer_state(model, optimizer, load_file(snap / "optimizer.safetensors"), meta["optimizer"])
+    set_rng_state(load_file(snap / "rng.safetensors"), meta["rng"])
+    return meta
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile's wrapper (state dicts without the _orig_mod. prefix)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+

@@ -264,6 +264,9 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    rows = [r for r in rows if r["reward/accuracy"] is not None and math.isfinite(r["reward/accuracy"])]
+    if not rows:  # e.g. every held-out pair a tie: nothing to score
+        ax.text(0.5, 0.5, "no strict held-out pairs to score", ha="center", transform=ax.transAxes)
     for enc, colour in (("agent", "tab:blue"), ("random", "tab:orange")):
         sel = [r for r in rows if r["encoder"] == enc]
         if not sel:
@@ -274,7 +277,8 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
         sd = np.array([np.std(a) for a in acc])
         ax.plot(xs, mean, "o-", color=colour, label=f"{enc} encoder")
         ax.fill_between(xs, mean - sd, mean + sd, color=colour, alpha=0.2)
-    ax.set_xscale("log")
+    if rows:
+        ax.set_xscale("log")
     ax.set_xlabel("training comparisons")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 101)

@@ -1,0 +1,220 @@
+"""What each pipeline stage does: a thin call into the library, returning its headline figures.
+
+Folders (under the run folder): data_pretrain/, data_finetune/ (stores), pretrain/, sft/, scratch/
+(checkpoints), eval_*/ (eval.json, figures, videos), rollouts/ (the SFT agent's trajectories),
+prefs/prefs.jsonl, reward/, sweep/, pft/, align/, dpo/, and report.html + results.json at the top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from agentalign.pipeline import Run
+
+
+def _store(run: "Run", name: str):
+    return run.dir(name) / "store"
+
+
+def data_pretrain(run: "Run") -> dict:
+    from agentalign.players.generate import generate
+
+    return generate(_store(run, "data_pretrain"), run.cfg.data_pretrain)
+
+
+def data_finetune(run: "Run") -> dict:
+    from agentalign.players.generate import generate
+
+    return generate(_store(run, "data_finetune"), run.cfg.data_finetune)
+
+
+def _bc(run: "Run", name: str, cfg) -> dict:
+    from agentalign.train.bc import train_bc
+
+    s = train_bc(cfg, run.dir(name) / "model", progress=True)
+    return {"final_loss": float(s.get("final_loss", s.get("loss", float("nan")))), "steps": s.get("steps"),
+            "seconds": s.get("seconds")}  # fmt: skip
+
+
+def pretrain(run: "Run") -> dict:
+    return _bc(run, "pretrain", replace(run.cfg.pretrain, data=str(_store(run, "data_pretrain"))))
+
+
+def sft(run: "Run") -> dict:
+    cfg = replace(run.cfg.sft, data=str(_store(run, "data_finetune"))).with_init(run.dir("pretrain") / "model")
+    return _bc(run, "sft", cfg)
+
+
+def scratch(run: "Run") -> dict:
+    return _bc(run, "scratch", replace(run.cfg.scratch, data=str(_store(run, "data_finetune")), init=None))
+
+
+def _evaluate(run: "Run", name: str, checkpoint) -> dict:
+    from agentalign.eval import evaluate
+
+    e = run.cfg.eval
+    r = evaluate(checkpoint, run.dir(name), episodes=e.episodes, seed=e.seed, temperature=e.temperature,
+                 num_envs=e.num_envs, videos=e.videos, size=run.cfg.model.image_size, label=name.removeprefix("eval_"))  # fmt: skip
+    return {"jump_pads": r["jump_pads"], "success": r["success"], "episodes": r["episodes"],
+            "length": r["length"], "by_spawn": r["by_spawn"]}  # fmt: skip
+
+
+def eval_base(run: "Run") -> dict:
+    return _evaluate(run, "eval_base", run.dir("pretrain") / "model")
+
+
+def eval_sft(run: "Run") -> dict:
+    return _evaluate(run, "eval_sft", run.dir("sft") / "model")
+
+
+def eval_scratch(run: "Run") -> dict:
+    return _evaluate(run, "eval_scratch", run.dir("scratch") / "model")
+
+
+def rollouts(run: "Run") -> dict:
+    from agentalign.rollout import RolloutConfig, record_rollouts
+
+    p = run.cfg.prefs
+    r = record_rollouts(run.dir("sft") / "model", _store(run, "rollouts"),
+                        RolloutConfig(episodes=p.rollout_episodes, seed=run.cfg.seed, temperature=p.temperature),
+                        size=run.cfg.model.image_size)  # fmt: skip
+    return {"episodes": int(r.get("total", p.rollout_episodes)), "pads": r.get("pads")}
+
+
+def prefs(run: "Run") -> dict:
+    from agentalign.data import open_store
+    from agentalign.train.reward import synthetic_preferences
+
+    store = open_store(_store(run, "rollouts"))
+    p = synthetic_preferences(store, run.cfg.target, run.cfg.prefs.train)
+    p.save(run.dir("prefs") / "prefs.jsonl")
+    n_tr, n_te = len(p.meta["train_ids"]), len(p.meta["test_ids"])
+    return {"train": n_tr, "test": n_te, "train_comparisons": n_tr * (n_tr - 1) // 2,
+            "test_comparisons": n_te * (n_te - 1) // 2}  # fmt: skip
+
+
+def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512):
+    """Embeddings of all rollout trajectories (train split first) under `kind`, cached in reward/."""
+    from agentalign.data import open_store
+    from agentalign.models.reward import checkpoint_fingerprint, load_encoder
+    from agentalign.prefs import PreferenceSet
+    from agentalign.train.reward import preference_matrix, split_ids, store_embeddings
+
+    store = open_store(_store(run, "rollouts"))
+    pset = PreferenceSet.load(run.dir("prefs") / "prefs.jsonl")
+    sft = run.dir("sft") / "model"
+    enc = load_encoder(kind, sft if kind == "agent" else None, store.image_size[0], seed, dim)
+    key = {"store": store.dataset_id, "encoder": kind, "policy": checkpoint_fingerprint(sft) if kind == "agent" else None,
+           "seed": seed, "dim": dim}  # fmt: skip
+    train, test = split_ids(pset, len(store))
+    emb = store_embeddings(store, enc, run.dir("reward") / "cache", np.concatenate([train, test]), key)
+    return store, pset, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(pset, train), preference_matrix(pset, test), key
+
+
+def reward(run: "Run") -> dict:
+    import torch
+
+    from agentalign.train.reward import pairwise_metrics, train_reward_model
+
+    cfg = replace(run.cfg.reward, encoder="agent")
+    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim)
+    model, info = train_reward_model(e_tr, P_tr, cfg)
+    with torch.no_grad():
+        metrics = pairwise_metrics(model(e_te), P_te)
+    model.save_pretrained(run.dir("reward") / "model", stage="reward", encoder="agent", policy=str(run.dir("sft") / "model"),
+                          policy_fingerprint=key["policy"], trajectories=store.dataset_id, target=run.cfg.target, **info)  # fmt: skip
+    return {**metrics, **info}
+
+
+def sweep(run: "Run") -> dict:
+    from agentalign.prefs import sweep_subset_sizes
+    from agentalign.train.common import atomic_write_json
+    from agentalign.train.reward import plot_sweep, sweep as run_sweep
+
+    s = run.cfg.sweep
+    rows = []
+    for kind in s.encoders:
+        cfg = replace(run.cfg.reward, encoder=kind)
+        _, _, _, _, e_tr, e_te, P_tr, P_te, _ = _embeddings(run, kind, cfg.seed, cfg.random_dim)
+        rows += run_sweep(e_tr, P_tr, e_te, P_te, sweep_subset_sizes(e_tr.shape[0], points=s.points), s.seeds, cfg)
+    atomic_write_json(run.dir("sweep") / "sweep.json", {"rows": rows})
+    plot_sweep(rows, run.dir("sweep") / "sweep.png", title=f"reward models, target {run.cfg.target}")
+    largest = {}
+    for kind in s.encoders:
+        sel = [r for r in rows if r["encoder"] == kind]
+        top = max(r["comparisons"] for r in sel)
+        largest[kind] = float(np.mean([r["reward/accuracy"] for r in sel if r["comparisons"] == top]))
+    return {"largest": largest, "points": len(rows)}
+
+
+def pft(run: "Run") -> dict:
+    from agentalign.prefs import PreferenceSet
+    from agentalign.train.preference_ft import preference_finetune
+    from agentalign.train.reward import split_ids
+
+    pset = PreferenceSet.load(run.dir("prefs") / "prefs.jsonl")
+    train, _ = split_ids(pset, 0)
+    s = preference_finetune(run.dir("sft") / "model", run.dir("reward") / "model", _store(run, "rollouts"), train,
+                            run.dir("pft") / "model", run.cfg.pft, progress=True)  # fmt: skip
+    last = s["rounds"][-1]
+    return {"kept": last["kept"], "kept_pads": last["kept_pads"], "rounds": s["rounds"]}
+
+
+def align(run: "Run") -> dict:
+    from agentalign.train.reinforce import train_reinforce
+
+    start = run.dir("pft") / "model"
+    out = run.dir("align") / "model"
+    if (out / "metrics.jsonl").exists():  # an interrupted run starts again from the beginning
+        (out / "metrics.jsonl").unlink()
+
+    def show(done, total, row):
+        if done % (run.cfg.align.batch_episodes * 10) == 0 or done == total:
+            print(f"    align {done}/{total} episodes  success {100 * row['align/success']:.0f}%  "
+                  f"reward {row.get('align/reward_return', float('nan')):.3f}", flush=True)  # fmt: skip
+
+    return train_reinforce(start, run.dir("sft") / "model", run.dir("reward") / "model", out, run.cfg.align, progress=show)
+
+
+def dpo(run: "Run") -> dict:
+    from agentalign.train.dpo import lengths_and_actions, strict_pairs, train_dpo
+
+    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", run.cfg.reward.seed, run.cfg.reward.random_dim)
+    if len(strict_pairs(P_tr)[0]) == 0:  # every comparison a tie (e.g. an agent that never reaches a pad)
+        return {"skipped": "no strict preference pairs in the training split"}
+    lengths, actions = lengths_and_actions(store, train, e_tr.shape[1])
+    return train_dpo(run.dir("sft") / "model", e_tr, actions, lengths, P_tr, run.dir("dpo") / "model", run.cfg.dpo)
+
+
+def eval_pft(run: "Run") -> dict:
+    return _evaluate(run, "eval_pft", run.dir("pft") / "model")
+
+
+def eval_align(run: "Run") -> dict:
+    return _evaluate(run, "eval_align", run.dir("align") / "model")
+
+
+def eval_dpo(run: "Run") -> dict:
+    skipped = (run.marker("dpo") or {}).get("result", {}).get("skipped")
+    if skipped:
+        return {"skipped": f"DPO did not run: {skipped}"}
+    return _evaluate(run, "eval_dpo", run.dir("dpo") / "model")
+
+
+def report(run: "Run") -> dict:
+    from agentalign.eval.report import write_report
+
+    path = write_report(run)
+    return {"path": str(path)}
+
+
+STAGE_FUNCTIONS = {
+    "data_pretrain": data_pretrain, "data_finetune": data_finetune, "pretrain": pretrain, "sft": sft,
+    "scratch": scratch, "eval_base": eval_base, "eval_sft": eval_sft, "eval_scratch": eval_scratch,
+    "rollouts": rollouts, "prefs": prefs, "reward": reward, "sweep": sweep, "pft": pft, "align": align,
+    "dpo": dpo, "eval_pft": eval_pft, "eval_align": eval_align, "eval_dpo": eval_dpo, "report": report,
+}  # fmt: skip
