@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import os
+
+# torch's OpenMP threads spin at barriers; beside numba's pool (a second OpenMP runtime) or another
+# busy process on a 2-core machine that made rollouts 10x slower. Passive waiting costs nothing
+# measurable alone (benchmarks/rollout_throughput.py). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +27,10 @@ from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/e
 app.add_typer(data_app, name="data")
 __import__("agentalign.cli_train").cli_train.register(app)  # pretrain, sft
 
-from agentalign import cli_reward  # noqa: E402
+from agentalign import cli_align, cli_reward  # noqa: E402
 
 cli_reward.register(app)
+cli_align.register(app)
 
 
 _PADS_CYCLE = ("left", "middle", "right", "middle")

@@ -38,7 +38,7 @@ from agentalign.train.preference_ft import PreferenceFTConfig
 from agentalign.train.reinforce import ReinforceConfig
 from agentalign.train.reward import RewardTrainConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package: works installed too
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def rollouts(run: "Run") -> dict:
     r = record_rollouts(run.dir("sft") / "model", _store(run, "rollouts"),
                         RolloutConfig(episodes=p.rollout_episodes, seed=run.cfg.seed, temperature=p.temperature),
                         size=run.cfg.model.image_size)  # fmt: skip
-    return {"episodes": int(r.get("total", p.rollout_episodes)), "pads": r.get("pads")}
+    return {"episodes": int(r["episodes"]), "new_jump_pads": r["jump_pads"]}
 
 
 def prefs(run: "Run") -> dict:

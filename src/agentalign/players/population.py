@@ -50,7 +50,7 @@ class PopulationConfig:
     # Mean chance that a player's episode is an undesirable mode: with the misses of noisy players
     # this leaves about a fifth of episodes reaching no pad, a large share as in unfiltered play.
     undesirable_share: float = 0.35
-    mode_weights: tuple[float, ...] = (0.25, 0.2, 0.2, 0.1, 0.15, 0.1)  # over MODES
+    mode_weights: tuple[float, ...] = (0.3, 0.1, 0.2, 0.1, 0.15, 0.15)  # over MODES
     characters: tuple[str, ...] = W.CHARACTER_NAMES  # all characters appear, as in the paper's data
     max_length: int = 200  # steps; recordings run past the 100-step evaluation limit
 
@@ -143,7 +143,9 @@ def plan_episode(player: Player, rng: np.random.Generator, max_length: int, inte
         plan.second_pad = int(rng.choice([k for k in range(3) if k != pad]))
         plan.switch_step = int(rng.integers(12, 40))
     elif intent == "idle":
-        plan.switch_step = int(rng.integers(20, 110))
+        # Short: long idling at the spawn teaches a pixel policy that the spawn view means "wait",
+        # a state it never leaves once in it (measured: the base agent stayed at the spawns).
+        plan.switch_step = int(rng.integers(5, 40))
     elif intent == "wander":
         plan.switch_step = int(rng.integers(30, 120))
         plan.wander_to_pad = bool(rng.random() < 0.5)

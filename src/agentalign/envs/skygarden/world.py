@@ -8,6 +8,8 @@ pads at the front (large y). Yaw is the heading angle in radians, 0 along +x, π
 The map is written as text so that it can be read and edited as a picture: the top line is the
 front of the island. It is left/right symmetric, with hedges and rocks that force routes and
 alcoves around the side pads, so a drifting agent can miss its pad and end up against a wall.
+The hedge rows leave wide gaps: the pads' light beams are visible from everywhere, and the
+routes are ones a pixel policy can learn from a few thousand recordings.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ MAP_TEXT = """
 #...............RR.RR...............#
 #...................................#
 #...................................#
-#HHHHHHH....HHHHHHHHHHHHH....HHHHHHH#
-#HHHHHHH....HHHHHHHHHHHHH....HHHHHHH#
+#...HHHH.......HHHHHHH.......HHHH...#
+#...HHHH.......HHHHHHH.......HHHH...#
 #...................................#
 #...................................#
 #........RR.......R.......RR........#

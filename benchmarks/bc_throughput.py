@@ -1,0 +1,205 @@
+"""Benchmark of behaviour-cloning throughput: frames/s of the real trainer (train_bc, fed by the
+window loader from a generated store) against the same model's update on batches already in
+memory, and where the time of an update goes.
+
+    python benchmarks/bc_throughput.py [--episodes 300] [--steps 30] [--workers 0 1 2] [--repeats 2]
+
+Both sides run the same TrainStep (augmentation, forward, loss, backward, clipping, AdamW) of the
+`cpu` model preset at the trainer's defaults (32 windows of 32 steps = 1,024 frames an update).
+The store is generated first (the `pretrain` population preset, --episodes of it). Two views:
+  paired      one process, two identical models; each update fed from memory is followed by one
+              fed by the loader (num_workers=0), so both see the same load from other work on the
+              machine. The headline ratio.
+  whole runs  train_bc itself (with its logging) for each worker count, against in-memory runs,
+              interleaved --repeats times. Sensitive to other work on the machine.
+Timings are per-update medians after --warm updates. Target: loader-fed within 10 % of in-memory.
+Also prints where an update's time goes (augmentation, encoder, transformer + head). Prints the
+figures and appends JSON to benchmarks/results/bc_throughput.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def loader_run(cfg, out: Path, warm: int) -> list[float]:
+    """Seconds per update of train_bc (log_every=1: each metrics row is one update, loader wait included)."""
+    from agentalign.train.bc import train_bc
+    from agentalign.train.common import read_metrics
+
+    train_bc(cfg, out, progress=False)
+    frames = cfg.batch_size * cfg.window
+    return [frames / r["train/frames_per_s"] for r in read_metrics(out)][warm:]
+
+
+def memory_run(cfg, batches: list[dict], steps: int, warm: int) -> list[float]:
+    """Seconds per update of the same TrainStep on batches already in memory."""
+    from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_optimizer
+    from agentalign.train.common import seed_everything
+
+    seed_everything(cfg.seed)
+    device = torch.device("cpu")
+    policy = build_policy(cfg, device)
+    step = TrainStep(policy, make_optimizer(policy, cfg), cfg, device)
+    _set_mode(policy, cfg.train_only)
+    times = []
+    for n in range(1, steps + 1):
+        t = time.perf_counter()
+        metrics, _, _ = step(batches[n % len(batches)], n)
+        float(metrics["loss"])  # the trainer syncs at each log row; so does this
+        times.append(time.perf_counter() - t)
+    return times[warm:]
+
+
+def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[float], list[float]]:
+    """Seconds per update, in-memory and loader-fed (num_workers=0) alternating update by update
+    in one process, so both see the same load from anything else running on the machine."""
+    from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_loader, make_optimizer
+    from agentalign.train.common import seed_everything
+
+    device = torch.device("cpu")
+    cfg = replace(cfg, num_workers=0)
+    steppers = []
+    for _ in range(2):
+        seed_everything(cfg.seed)
+        policy = build_policy(cfg, device)
+        _set_mode(policy, cfg.train_only)
+        steppers.append(TrainStep(policy, make_optimizer(policy, cfg), cfg, device))
+    batches_from_disk = iter(make_loader(cfg, device, num_batches=steps))
+    mem, ldr = [], []
+    for n in range(1, steps + 1):
+        t = time.perf_counter()
+        float(steppers[0](batches[n % len(batches)], n)[0]["loss"])
+        t1 = time.perf_counter()
+        float(steppers[1](next(batches_from_disk), n)[0]["loss"])
+        t2 = time.perf_counter()
+        mem.append(t1 - t)
+        ldr.append(t2 - t1)
+    return mem[warm:], ldr[warm:]
+
+
+def split_run(cfg, batch: dict, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds of one update's parts: augmentation, encoder fwd+bwd, transformer+head fwd+bwd."""
+    from agentalign.models import Policy
+    from agentalign.train.augment import augment
+    from agentalign.train.bc import bc_loss, previous_actions
+
+    policy = Policy(cfg.model).train()
+    obs, actions, mask = batch["obs"], batch["actions"], batch["mask"]
+    prev = previous_actions(actions)
+    x = augment(obs, torch.Generator().manual_seed(0))
+
+    def time_ms(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return 1000 * statistics.median(out)
+
+    def encoder():
+        policy.zero_grad(set_to_none=True)
+        policy.encode(x.clone()).sum().backward()  # clone: encode divides its float input in place
+
+    z = policy.encode(x.clone()).detach()
+
+    def transformer():
+        policy.zero_grad(set_to_none=True)
+        zz = z.requires_grad_(True)
+        bc_loss(policy.head(policy.forward_embedded(zz, prev)), actions, mask)[0].backward()
+
+    return {
+        "augment_ms": time_ms(lambda: augment(obs, torch.Generator().manual_seed(0))),
+        "encoder_fwd_bwd_ms": time_ms(encoder),
+        "transformer_head_fwd_bwd_ms": time_ms(transformer),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=300, help="pretrain-preset episodes in the store")
+    ap.add_argument("--steps", type=int, default=30, help="timed updates per run")
+    ap.add_argument("--warm", type=int, default=5, help="untimed updates first (worker start, allocator)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to try")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--store", type=Path, default=None, help="use this store instead of generating one")
+    args = ap.parse_args()
+
+    from agentalign.data import WindowConfig, WindowSampler
+    from agentalign.data.torch_data import batch_to_torch
+    from agentalign.models import Policy
+    from agentalign.players.generate import generate, preset
+    from agentalign.train.bc import BCConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store
+        if store is None:
+            store = Path(tmp) / "store"
+            t = time.perf_counter()
+            info = generate(store, preset("pretrain", episodes=args.episodes))
+            print(f"store: {info['episodes']} episodes, {info['frames']} frames, generated in {time.perf_counter() - t:.1f} s")
+        total = args.warm + args.steps
+        cfg = BCConfig(data=str(store), steps=total, checkpoint_every=0, log_every=1)
+        sampler = WindowSampler(store, WindowConfig(window=cfg.window, batch_size=cfg.batch_size), seed=0)
+        batches = [batch_to_torch(sampler.batch(i)) for i in range(4)]
+        frames = cfg.batch_size * cfg.window
+        print(f"model cpu preset ({Policy(cfg.model).num_parameters() / 1e6:.2f}M "
+              f"parameters), batch {cfg.batch_size} x window {cfg.window} = {frames} frames/update, "
+              f"augment {cfg.augment}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")  # fmt: skip
+
+        # 1. Paired: the same update fed from memory and from the loader, alternating.
+        mem_ts, ldr_ts = paired_run(cfg, batches, total, args.warm)
+        mem, ldr = statistics.median(mem_ts), statistics.median(ldr_ts)
+        rows = {"paired_memory": {"median_s": round(mem, 4), "frames_per_s": round(frames / mem)},
+                "paired_loader_w0": {"median_s": round(ldr, 4), "frames_per_s": round(frames / ldr),
+                                     "ratio": round(mem / ldr, 3)}}  # fmt: skip
+        print(f"paired, update by update: in-memory {mem:.3f} s ({frames / mem:,.0f} frames/s), "
+              f"loader-fed {ldr:.3f} s ({frames / ldr:,.0f} frames/s): {mem / ldr:.1%} of in-memory (target >= 90 %)")
+
+        # 2. Whole runs: train_bc itself (logging and all) against the in-memory step, interleaved.
+        times: dict[str, list[float]] = {"memory": []} | {f"loader_w{w}": [] for w in args.workers}
+        for r in range(args.repeats):
+            times["memory"] += memory_run(cfg, batches, total, args.warm)
+            for w in args.workers:
+                out = Path(tmp) / f"run-{r}-w{w}"
+                times[f"loader_w{w}"] += loader_run(replace(cfg, num_workers=w), out, args.warm)
+        mem_run = statistics.median(times["memory"])
+        print(f"{'whole runs':<24}{'s/update':>10}{'frames/s':>10}{'vs memory':>11}")
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            rows[f"run_{name}"] = {"median_s": round(med, 4), "frames_per_s": round(frames / med),
+                                   "ratio": round(mem_run / med, 3)}  # fmt: skip
+            label = "in-memory tensors" if name == "memory" else f"train_bc, {name[8:]} workers"
+            print(f"{label:<24}{med:>10.3f}{frames / med:>10,.0f}{mem_run / med:>10.1%}")
+        rows["load_average_1min"] = round(os.getloadavg()[0], 2)
+        print(f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus (above ~2.2 other work shares the cores)")
+
+        split = split_run(cfg, batches[0])
+        fb = split["encoder_fwd_bwd_ms"] + split["transformer_head_fwd_bwd_ms"]
+        print(f"forward+backward of {frames} frames: encoder {split['encoder_fwd_bwd_ms']:.0f} ms "
+              f"({split['encoder_fwd_bwd_ms'] / fb:.0%}), transformer+head {split['transformer_head_fwd_bwd_ms']:.0f} ms "
+              f"({split['transformer_head_fwd_bwd_ms'] / fb:.0%}); augmentation {split['augment_ms']:.0f} ms "
+              f"({split['augment_ms'] / (1000 * mem):.0%} of an update)")  # fmt: skip
+
+    rec = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "threads": torch.get_num_threads(), "frames_per_update": frames, "feeds": rows,
+           "split_ms": {k: round(v, 1) for k, v in split.items()}}  # fmt: skip
+    path = Path(__file__).parent / "results" / "bc_throughput.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The whole chain on the smoke preset, as a user types it: every stage's output and every figure
+of the report exists and holds real, finite numbers; killed mid-way, the same command finishes
+the job without redoing finished stages."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+STAGES = ["data_pretrain", "data_finetune", "pretrain", "sft", "scratch", "eval_base", "eval_sft", "eval_scratch",
+          "rollouts", "prefs", "reward", "sweep", "pft", "align", "dpo", "eval_pft", "eval_align", "eval_dpo"]  # fmt: skip
+
+
+def _cmd(out, *extra):
+    return ["agentalign", "pipeline", "--config", "smoke", "--out", str(out), *extra]
+
+
+def _finite_numbers(x):
+    if isinstance(x, float):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _finite_numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _finite_numbers(v)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    # Start, kill once the SFT stage is done, then run the same command again.
+    proc = subprocess.Popen(_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "sft" / "stage.json").exists():
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_done = {s for s in STAGES if (out / s / "stage.json").exists()}
+    r = subprocess.run(_cmd(out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, first_done, r.stdout
+
+
+def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
+    out, _, stdout = smoke_run
+    for s in STAGES:
+        marker = json.loads((out / s / "stage.json").read_text())
+        assert marker["seconds"] >= 0, s
+    results = json.loads((out / "results.json").read_text())
+    nums = list(_finite_numbers(results["stages"]))
+    assert nums and all(math.isfinite(v) for v in nums)
+    for s in ("eval_base", "eval_sft", "eval_scratch", "eval_pft", "eval_align"):
+        ev = json.loads((out / s / "eval.json").read_text())
+        assert ev["episodes"] == 16 and abs(sum(ev["jump_pads"][p]["fraction"] for p in ev["jump_pads"]) - 1) < 1e-9
+        assert (out / s / "heatmap.png").stat().st_size > 1000
+    for f in ("report_figures/bc.png", "report_figures/final.png", "report_figures/align.png", "sweep/sweep.png"):
+        assert (out / f).stat().st_size > 1000, f
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "The paper's findings" in html
+    assert "total" in stdout
+
+
+def test_rerun_after_kill_redid_no_finished_stage(smoke_run):
+    out, first_done, stdout = smoke_run
+    assert {"data_pretrain", "pretrain", "sft"} <= first_done
+    for s in first_done:
+        assert f"{s:<14} done earlier" in stdout, s
+    again = subprocess.run(_cmd(out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done earlier") == len(STAGES) + 1
+
+
+def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    r = subprocess.run(_cmd(out, "--set", "align.episodes=24"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "another config" in r.stderr and "--from align" in r.stderr
+    r = subprocess.run(_cmd(tmp_path / "x", "--from", "nowhere"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown stage 'nowhere'" in r.stderr
+    r = subprocess.run(["agentalign", "pipeline", "--config", "huge", "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "unknown pipeline preset 'huge'" in r.stderr
+    r = subprocess.run(_cmd(tmp_path / "z", "--set", "sft.stepz=3"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "sft.stepz" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()

@@ -1,0 +1,29 @@
+"""Fixtures for the training tests: tiny real stores, generated once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentalign.data import StoreWriter
+from agentalign.data.testing import synthetic_episode
+from agentalign.players.generate import generate, preset
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    """The curated smoke set: 24 successful ninja episodes of ~50 steps at 64x64 (about a second)."""
+    path = tmp_path_factory.mktemp("data") / "curated"
+    generate(path, preset("smoke-finetune"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_32px(tmp_path_factory) -> Path:
+    """A store of 32x32 frames: the wrong size for every model preset."""
+    path = tmp_path_factory.mktemp("data") / "small"
+    with StoreWriter(path, image_size=(32, 32)) as w:
+        for seed in range(3):
+            w.add(synthetic_episode(seed, length=20, size=(32, 32)))
+    return path
