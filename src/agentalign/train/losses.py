@@ -58,6 +58,7 @@ def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen:
     chosen = beta * (logp_chosen - ref_chosen)
     rejected = beta * (logp_rejected - ref_rejected)
     loss = -F.logsigmoid(chosen - rejected).mean()
+    chosen, rejected = chosen.detach(), rejected.detach()
     return loss, {
         "dpo/accuracy": float((chosen > rejected).float().mean()),
         "dpo/margin": float((chosen - rejected).mean()),
