@@ -95,7 +95,7 @@ def sample_population(cfg: PopulationConfig, rng: np.random.Generator) -> list[P
                 player_id=pid,
                 character=str(rng.choice(cfg.characters)),
                 skill=skill,
-                steer_noise=0.05 + 0.45 * novice,
+                steer_noise=0.03 + 0.3 * novice,  # rad; noisier players made the labels too noisy to clone
                 reaction_delay=int(rng.integers(0, 1 + round(3 * novice))),
                 camera_gain=float(rng.uniform(0.8, 2.0)),
                 camera_deadzone=float(rng.uniform(0.05, 0.4)),
