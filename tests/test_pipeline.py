@@ -87,3 +87,32 @@ def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
     r = subprocess.run(_cmd(tmp_path / "z", "--set", "sft.stepz=3"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "sft.stepz" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):
+    """Each alignment stage as its own command, on what the smoke pipeline left behind."""
+    out, _, _ = smoke_run
+    store, sft = out / "rollouts" / "store", out / "sft" / "model"
+
+    def run(*args):
+        return subprocess.run(["agentalign", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+    r = run("prefs", "synth", "--trajectories", store, "--target", "right", "--out", tmp_path / "p.jsonl", "--train", 12)
+    assert r.returncode == 0, r.stderr
+    r = run("reward", "train", "--trajectories", store, "--prefs", tmp_path / "p.jsonl", "--policy", sft,
+            "--out", tmp_path / "rm", "--set", "max_steps=5")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["target"] == "right"
+    r = run("align", "--policy", sft, "--reference", sft, "--reward", tmp_path / "rm", "--target", "right",
+            "--out", tmp_path / "al", "--set", "episodes=8", "--set", "batch_episodes=4")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "al" / "model.safetensors").exists()
+    r = run("align", "--policy", sft, "--reference", sft, "--reward", tmp_path / "rm", "--target", "right",
+            "--out", tmp_path / "bad", "--set", "beta=-1")  # fmt: skip
+    assert r.returncode == 2 and "beta" in r.stderr and not (tmp_path / "bad").exists()
+    r = run("align", "--policy", sft, "--reference", out / "scratch" / "model", "--reward", tmp_path / "rm",
+            "--target", "right", "--out", tmp_path / "bad2")  # fmt: skip
+    assert r.returncode == 2 and "trained on the embeddings of policy" in r.stderr
+    r = run("pft", "--sft", sft, "--reward", tmp_path / "rm", "--trajectories", store, "--prefs", tmp_path / "p.jsonl",
+            "--out", tmp_path / "pft", "--set", "bc.steps=2", "--set", "bc.batch_size=4", "--set", "bc.window=8")  # fmt: skip
+    assert r.returncode == 0, r.stderr

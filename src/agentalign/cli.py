@@ -25,12 +25,13 @@ app.add_typer(env_app, name="env")
 from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/export live there)
 
 app.add_typer(data_app, name="data")
-__import__("agentalign.cli_train").cli_train.register(app)  # pretrain, sft
 
-from agentalign import cli_align, cli_reward  # noqa: E402
+from agentalign import cli_align, cli_eval, cli_reward, cli_train  # noqa: E402
 
-cli_reward.register(app)
-cli_align.register(app)
+cli_train.register(app)  # pretrain, sft
+cli_eval.register(app)  # eval, rollout
+cli_reward.register(app)  # prefs, reward
+cli_align.register(app)  # pft, align, dpo
 
 
 _PADS_CYCLE = ("left", "middle", "right", "middle")
@@ -226,7 +227,6 @@ def env_info() -> None:
     }, indent=2))  # fmt: skip
 
 
-__import__("agentalign.cli_eval").cli_eval.register(app)  # the `eval` and `rollout` commands
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,19 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from agentalign.cli_util import checked, fail
-
-
-def _prefs_and_store(prefs: Path, trajectories: Path):
-    from agentalign.data import open_store
-    from agentalign.prefs import PreferenceSet
-
-    store = checked(open_store, trajectories)
-    pset = checked(PreferenceSet.load, prefs)
-    if pset.dataset_id != store.dataset_id:
-        fail(f"{prefs} labels the store {pset.dataset_id}, but {trajectories} is {store.dataset_id}")
-    checked(pset.check_ids, len(store))
-    return store, pset
+from agentalign.cli_reward import store_and_prefs
+from agentalign.cli_util import checked
 
 
 def pft(
@@ -36,7 +25,7 @@ def pft(
     from agentalign.train.reward import split_ids
 
     cfg = checked(build_config, PreferenceFTConfig, {}, set_)
-    store, pset = _prefs_and_store(prefs, trajectories)
+    store, pset = store_and_prefs(trajectories, prefs)
     train, _ = split_ids(pset, len(store))
     s = checked(preference_finetune, sft, reward, trajectories, train, out, cfg, progress=True)
     last = s["rounds"][-1]
@@ -85,7 +74,7 @@ def dpo(
     from agentalign.train.reward import preference_matrix, split_ids, store_embeddings
 
     cfg = checked(build_config, DPOConfig, {}, set_)
-    store, pset = _prefs_and_store(prefs, trajectories)
+    store, pset = store_and_prefs(trajectories, prefs)
     train, test = split_ids(pset, len(store))
     enc = AgentEncoder(checked(Policy.from_pretrained, sft))
     key = {"store": store.dataset_id, "encoder": "agent", "policy": checkpoint_fingerprint(sft), "seed": 0, "dim": 512}

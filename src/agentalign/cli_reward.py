@@ -34,7 +34,8 @@ def prefs_synth(
                f"({n_tr * (n_tr - 1) // 2} / {n_te * (n_te - 1) // 2} comparisons)")  # fmt: skip
 
 
-def _load(trajectories: Path, prefs_path: Path):
+def store_and_prefs(trajectories: Path, prefs_path: Path):
+    """The trajectory store and its preference file, checked to belong together."""
     from agentalign.data import open_store
     from agentalign.prefs import PreferenceSet
 
@@ -85,7 +86,7 @@ def reward_train(
     from agentalign.train.reward import RewardTrainConfig, pairwise_metrics, train_reward_model
 
     cfg = checked(build_config, RewardTrainConfig, {"encoder": encoder}, set_)
-    store, pset = _load(trajectories, prefs)
+    store, pset = store_and_prefs(trajectories, prefs)
     start = time.perf_counter()
     key, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, cfg.encoder, policy, out / "cache", cfg.seed, cfg.random_dim)
     if subset is not None:
@@ -122,7 +123,7 @@ def reward_sweep(
     from agentalign.train.common import atomic_write_json
     from agentalign.train.reward import RewardTrainConfig, plot_sweep, sweep
 
-    store, pset = _load(trajectories, prefs)
+    store, pset = store_and_prefs(trajectories, prefs)
     kinds = [e.strip() for e in encoders.split(",") if e.strip()]
     cfgs = {k: checked(build_config, RewardTrainConfig, {"encoder": k}, set_) for k in kinds}
     rows = []

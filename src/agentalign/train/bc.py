@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -85,7 +86,7 @@ class BCConfig:
     init: str | None = None  # checkpoint to start from; its model config must equal `model` (see with_init)
     stage: str = "pretrain"  # a label written into the checkpoint's config.json
     steps: int = 2000
-    # Paper: 256 windows of 32 steps on 8 V100s. 32 windows (1,024 frames, ~0.3 s a step on 2 cores)
+    # Paper: 256 windows of 32 steps on 8 V100s. 32 windows (1,024 frames, ~0.38 s a step on 2 cores)
     # keeps a CPU run at minutes while the gradient still averages ~900 unmasked steps.
     batch_size: int = 32
     window: int = 32  # the paper's context H = 32; at most model.context
@@ -100,9 +101,10 @@ class BCConfig:
     augment: bool = True  # paper: VPT's augmentations in pre-training and fine-tuning
     train_only: Literal["all", "head"] = "all"  # "head": only the MLP after the transformer (C.4)
     seed: int = 0
-    # Loader processes. 0 on a 2-core machine: decoding a batch takes ~1.5 % of a step, so a worker
-    # process only competes with the two compute threads (benchmarks/bc_throughput.py).
-    num_workers: int = 0
+    # Loader processes; None: 0 when training on the CPU (loading costs ~4 % of an update there,
+    # benchmarks/bc_throughput.py, and a worker process would compete with the compute threads),
+    # min(8, cpus - 1) on a GPU, whose updates are too fast for one process to feed.
+    num_workers: int | None = None
     checkpoint_every: int = 500  # steps; 0: only at the end
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
     compile: bool | None = None  # torch.compile; None: on for CUDA, off on CPU (compiling costs more than it saves there)
@@ -117,8 +119,10 @@ class BCConfig:
 
         for name in ("steps", "batch_size", "window", "log_every"):
             positive_int(name)
-        for name in ("warmup", "num_workers", "checkpoint_every", "seed"):
+        for name in ("warmup", "checkpoint_every", "seed"):
             positive_int(name, 0)
+        if self.num_workers is not None:
+            positive_int("num_workers", 0)
         if not isinstance(self.model, PolicyConfig):
             raise ValueError(f"model must be a PolicyConfig, got {type(self.model).__name__}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and np.isfinite(self.lr)):
@@ -399,11 +403,14 @@ def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = N
     from agentalign.data import WindowConfig
     from agentalign.data.torch_data import LoaderConfig, WindowLoader
 
+    workers = cfg.num_workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     return WindowLoader(
         cfg.data,
         WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter),
         seed=cfg.seed,
-        loader=LoaderConfig(num_workers=cfg.num_workers, pin_memory=device.type == "cuda"),
+        loader=LoaderConfig(num_workers=workers, pin_memory=device.type == "cuda"),
         num_batches=cfg.steps if num_batches is None else num_batches,
     )
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread_each():
     """One torch thread and one renderer thread: the tiny models and small batches gain nothing
     from two, and the idle threads of two OpenMP runtimes (torch's, numba's) spin and starve each
