@@ -116,3 +116,11 @@ def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):
     r = run("pft", "--sft", sft, "--reward", tmp_path / "rm", "--trajectories", store, "--prefs", tmp_path / "p.jsonl",
             "--out", tmp_path / "pft", "--set", "bc.steps=2", "--set", "bc.batch_size=4", "--set", "bc.window=8")  # fmt: skip
     assert r.returncode == 0, r.stderr
+
+
+def test_diagnose_says_whether_a_policy_uses_its_pixels(smoke_run):
+    out, _, _ = smoke_run
+    r = subprocess.run(["agentalign", "diagnose", str(out / "scratch" / "model"), "--data",
+                        str(out / "data_finetune" / "store")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "loss with real frames" in r.stdout and "black frames" in r.stdout

@@ -114,10 +114,27 @@ def rollout_command(
                f"{s['steps_per_second']:.0f} steps/s; new episodes: {pads})")  # fmt: skip
 
 
+def diagnose(
+    checkpoint: Path = typer.Argument(..., help="Policy checkpoint directory."),
+    data: Path = typer.Option(..., help="Episode store to draw held-out windows from."),
+    batches: int = typer.Option(3, min=1),
+) -> None:
+    """Does the policy use its pixels? BC loss with real vs black frames, encoder spread."""
+    from agentalign.eval.diagnostics import pixel_reliance
+
+    try:
+        r = pixel_reliance(checkpoint, data, batches)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{checkpoint}: loss with real frames {r['loss_real_frames']:.3f}, with black frames "
+               f"{r['loss_black_frames']:.3f}; encoder output std across frames {r['encoder_std_across_frames']:.4f}")  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
-    """Add `eval` and `rollout` to the `agentalign` command line."""
+    """Add `eval`, `rollout` and `diagnose` to the `agentalign` command line."""
     app.command("eval")(eval_command)
     app.command("rollout")(rollout_command)
+    app.command("diagnose")(diagnose)
 
 
 __all__ = ["register"]
