@@ -107,7 +107,9 @@ class BCConfig:
     num_workers: int | None = None
     checkpoint_every: int = 500  # steps; 0: only at the end
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
-    compile: bool | None = None  # torch.compile; None: on for CUDA, off on CPU (compiling costs more than it saves there)
+    # torch.compile; None: on for CUDA, off on CPU (compiling took ~1 min for the tiny model on 2
+    # busy cores, a large share of a CPU run, for a gain not measured to repay it)
+    compile: bool | None = None
     device: str = "auto"  # auto: cuda when available
     log_every: int = 10  # steps between metrics.jsonl rows
 
@@ -209,7 +211,8 @@ def _head_groups() -> list[tuple[int, int, int]]:
 _GROUPS = _head_groups()
 
 
-def bc_loss(logits_btl: torch.Tensor, actions_btc: torch.Tensor, mask_bt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def bc_loss(logits_btl: torch.Tensor, actions_btc: torch.Tensor,
+            mask_bt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """Mean cross-entropy over the 16 action components on the steps where mask is True.
 
     logits (B, T, 68), actions (B, T, 16) int64, mask (B, T) bool -> (loss, metrics). metrics
@@ -441,7 +444,7 @@ def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[
         start_step = int(resumed["step"])
         loader.load_state_dict(resumed["loader"])
         if loader.position != start_step:
-            raise ValueError(f"{out}/train_state: loader at batch {loader.position} but the state is at step {start_step}")
+            raise ValueError(f"{out}/train_state: loader at batch {loader.position}, state at step {start_step}")
     truncate_metrics(out, start_step)  # rows a killed run logged after its last checkpoint
     logger = MetricsLogger(out)
     train_step = TrainStep(policy, optimizer, cfg, device)

@@ -253,7 +253,8 @@ def _param_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> li
     return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
-def optimizer_state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_state_tensors(model: torch.nn.Module,
+                            optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
     """An optimizer's state as tensors keyed "param.name/slot" plus JSON (hyper-parameters, scalars)."""
     order = _param_order(model, optimizer)
     sd = optimizer.state_dict()
@@ -311,7 +312,8 @@ def save_train_state(out_dir: str | Path, step: int, model: torch.nn.Module, opt
     return snap
 
 
-def load_train_state(out_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+def load_train_state(out_dir: str | Path, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:  # fmt: skip
     """Restore what `save_train_state` wrote (parameters, optimizer, RNG states); returns latest.json
     (with "step" and the stage's extras), or None when there is no state to resume."""
     from safetensors.torch import load_file
