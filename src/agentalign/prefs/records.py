@@ -14,7 +14,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from agentalign.train.common import _atomic_replace
 
@@ -126,7 +126,3 @@ class PreferenceSet:
         prefs = [Preference.from_json(json.loads(ln), where=f"{p}:{k + 2}") for k, ln in enumerate(lines[1:])]
         return cls(header["dataset_id"], prefs, header.get("meta", {}))
 
-
-def pairwise(ids: Sequence[tuple[int, int]], labels: Sequence[str], labeller: str) -> list[Preference]:
-    t = _now()
-    return [Preference((int(a), int(b)), lab, None, labeller, t) for (a, b), lab in zip(ids, labels)]

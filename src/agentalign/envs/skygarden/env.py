@@ -30,7 +30,6 @@ from agentalign.envs import gamepad
 from agentalign.envs.skygarden import core
 from agentalign.envs.skygarden import world as W
 
-_INFO_KEYS = ("pos", "yaw", "t", "character", "spawn")
 
 
 def _check_size(name: str, value: int) -> int:
