@@ -16,23 +16,20 @@ from pathlib import Path
 
 import typer
 
+from agentalign.cli_util import fail
+
 _CHECKPOINT_HELP = "Policy checkpoint directory (model.safetensors + config.json), or 'random' for the baseline."
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _check_common(episodes: int, temperature: float, num_envs: int, seed: int) -> None:
     if episodes <= 0:
-        _fail(f"--episodes must be positive, got {episodes}")
+        fail(f"--episodes must be positive, got {episodes}")
     if not temperature > 0:
-        _fail(f"--temperature must be positive, got {temperature}")
+        fail(f"--temperature must be positive, got {temperature}")
     if num_envs <= 0:
-        _fail(f"--num-envs must be positive, got {num_envs}")
+        fail(f"--num-envs must be positive, got {num_envs}")
     if seed < 0:
-        _fail(f"--seed must be non-negative, got {seed}")
+        fail(f"--seed must be non-negative, got {seed}")
 
 
 @contextmanager
@@ -54,7 +51,7 @@ def _progress(total: int, desc: str):
     except ValueError as e:
         if bar is not None:
             bar.close()
-        _fail(str(e))
+        fail(str(e))
     if bar is not None:
         bar.close()
 
@@ -78,7 +75,7 @@ def eval_command(
 
     _check_common(episodes, temperature, num_envs, seed)
     if videos < 0:
-        _fail(f"--videos must be >= 0, got {videos}")
+        fail(f"--videos must be >= 0, got {videos}")
     with _progress(episodes, "eval") as progress:  # evaluate checks the checkpoint before any episode
         r = evaluate(checkpoint, out, episodes=episodes, seed=seed, temperature=temperature, num_envs=num_envs,
                      videos=videos, size=size, progress=progress)  # fmt: skip
@@ -105,7 +102,7 @@ def rollout_command(
 
     _check_common(episodes, temperature, num_envs, seed)
     if out.exists() and not out.is_dir():
-        _fail(f"--out {out} exists and is not a directory")
+        fail(f"--out {out} exists and is not a directory")
     cfg = RolloutConfig(episodes=episodes, seed=seed, temperature=temperature, num_envs=num_envs)
     with _progress(episodes, "rollout") as progress:  # the checkpoint and store are checked first
         s = record_rollouts(checkpoint, out, cfg, size=size, progress=progress)
@@ -125,7 +122,7 @@ def diagnose(
     try:
         r = pixel_reliance(checkpoint, data, batches)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"{checkpoint}: loss with real frames {r['loss_real_frames']:.3f}, with black frames "
                f"{r['loss_black_frames']:.3f}; encoder output std across frames {r['encoder_std_across_frames']:.4f}")  # fmt: skip
 

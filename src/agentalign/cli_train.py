@@ -17,12 +17,9 @@ from typing import Optional
 
 import typer
 
+from agentalign.cli_util import fail
+
 _SET_HELP = "Override a config key, e.g. --set lr=1e-4 --set model.dropout=0.1 (repeatable)."
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _checked(fn, *args, **kwargs):
@@ -30,7 +27,7 @@ def _checked(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _build_config(preset: str, data: Path, config: Optional[Path], overrides: list[str], model: Optional[str],
@@ -99,13 +96,13 @@ def sft(
 ) -> None:
     """Supervised fine-tuning on curated demonstrations (paper §3.3), or the from-scratch baseline."""
     if (init is None) == (not scratch):
-        _fail("give exactly one of --init PRETRAINED_DIR or --scratch")
+        fail("give exactly one of --init PRETRAINED_DIR or --scratch")
     if init is not None and model is not None:
-        _fail("--model applies to --scratch only; with --init the model is the checkpoint's")
+        fail("--model applies to --scratch only; with --init the model is the checkpoint's")
     name = preset or ("sft" if init is not None else "scratch")
     cfg = _checked(_build_config, name, data, config, overrides, model, init)
     if init is None and cfg.init is not None:
-        _fail("--scratch trains from scratch, but the config sets init; drop one")
+        fail("--scratch trains from scratch, but the config sets init; drop one")
     _run(cfg, out, progress)
 
 

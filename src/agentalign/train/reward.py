@@ -21,7 +21,7 @@ Departures from the paper, each for the 2-core CPU budget:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -244,8 +244,6 @@ def sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor
             sub = np.sort(rng.choice(emb_train.shape[0], size=m, replace=False))
             sub_t = torch.from_numpy(sub)
             Psub = P_train[sub_t][:, sub_t]
-            from dataclasses import replace
-
             model, info = train_reward_model(emb_train[sub_t], Psub, replace(cfg, seed=cfg.seed * 1000 + seed))
             with torch.no_grad():
                 metrics = pairwise_metrics(model(emb_test), P_test)
