@@ -49,9 +49,10 @@ import numpy as np
 import torch
 
 from agentalign.config import config_to_dict
+from agentalign.data import StoreReader
 from agentalign.models.config import PolicyConfig, model_preset
 from agentalign.envs.gamepad import N_BUTTONS
-from agentalign.models.distribution import NVEC
+from agentalign.models.distribution import N_LOGITS, NVEC, OFFSETS
 from agentalign.models.policy import Policy, read_checkpoint_config
 from agentalign.train import augment as aug
 from agentalign.train.common import (
@@ -100,6 +101,11 @@ class BCConfig:
     noop_filter: Literal["mask", "drop", "none"] = "mask"  # see agentalign.data.sampler
     augment: bool = True  # paper: VPT's augmentations in pre-training and fine-tuning
     train_only: Literal["all", "head"] = "all"  # "head": only the MLP after the transformer (C.4)
+    # A fresh model's output biases start at the log-frequencies of the data's actions. From the
+    # usual zero biases the first updates only fit those frequencies, and on the noisy population
+    # set they flattened the encoder to a constant that the model never left (RESULTS.md, "Behaviour
+    # cloning"): the base agent used no pixels at all. Ignored when starting from `init`.
+    action_prior_init: bool = True
     seed: int = 0
     # Loader processes; None: 0 when training on the CPU (loading costs ~4 % of an update there,
     # benchmarks/bc_throughput.py, and a worker process would compete with the compute threads),
@@ -270,8 +276,6 @@ def check_inputs(cfg: BCConfig) -> dict[str, Any]:
     """Validate the dataset and init checkpoint against the config; ValueError naming the culprit.
 
     Returns {"dataset_id", "num_episodes", "num_steps", "image_size"}."""
-    from agentalign.data import StoreReader
-
     if not cfg.data:
         raise ValueError("data: no dataset given; set it to an episode store folder (agentalign data generate)")
     path = Path(cfg.data)
@@ -316,12 +320,27 @@ def _augment_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step, 0xA06]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def action_log_frequencies(store: StoreReader, smoothing: float = 1.0) -> torch.Tensor:
+    """(68,) log-frequency of every value of every action component in the store (add-`smoothing`
+    counts), laid out like the policy's logits: a model whose logits equal it predicts the data's
+    marginal action distribution."""
+    actions = np.concatenate([store.actions_view(i) for i in range(len(store))])  # (N, 16)
+    out = torch.empty(N_LOGITS)
+    for k, (n, o) in enumerate(zip(NVEC, OFFSETS)):
+        counts = np.bincount(actions[:, k], minlength=n).astype(np.float64) + smoothing
+        out[o:o + n] = torch.from_numpy(np.log(counts / counts.sum()))
+    return out
+
+
 def build_policy(cfg: BCConfig, device: torch.device) -> Policy:
     """A fresh policy (seeded by the caller) or the init checkpoint's weights, with the parameters
     outside the trained part frozen."""
     from safetensors.torch import load_file
 
     policy = Policy(cfg.model)
+    if cfg.init is None and cfg.action_prior_init:
+        with torch.no_grad():
+            policy.head[-1].bias.copy_(action_log_frequencies(StoreReader(cfg.data)))
     if cfg.init is not None:
         state = load_file(str(Path(cfg.init) / "model.safetensors"))
         missing, unexpected = policy.load_state_dict(state, strict=False)
