@@ -30,7 +30,7 @@ def params(out) -> dict[str, torch.Tensor]:
 def initial_params(cfg: BCConfig) -> dict[str, torch.Tensor]:
     """The parameters a from-scratch run starts from (the trainer seeds, then builds the policy)."""
     seed_everything(cfg.seed)
-    return {k: v.clone() for k, v in Policy(cfg.model).state_dict().items()}
+    return {k: v.clone() for k, v in bc_module.build_policy(cfg, torch.device("cpu")).state_dict().items()}
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -67,6 +67,42 @@ def test_bc_loss_against_hand_computed_values():
     # The same numbers as the policy's own distribution.
     lp = ActionDistribution(logits.detach()).log_prob_per_head(actions)  # (1, 2, 16)
     assert loss.item() == pytest.approx(-lp[0, 0].mean().item(), rel=1e-6)
+
+
+def test_action_log_frequencies_against_hand_counts(tmp_path):
+    from agentalign.data import StoreReader, StoreWriter
+    from agentalign.data.testing import synthetic_episode
+    from agentalign.models.distribution import NVEC, OFFSETS
+
+    ep = synthetic_episode(0, length=4, size=(16, 16))
+    ep.actions[:] = 0
+    ep.actions[:, 12:] = 5
+    ep.actions[:3, 0] = 1  # button 0 pressed on 3 of 4 steps
+    ep.actions[0, 12] = 10  # left stick x: bin 10 once, bin 5 three times
+    with StoreWriter(tmp_path / "s", image_size=(16, 16)) as w:
+        w.add(ep)
+    logf = bc_module.action_log_frequencies(StoreReader(tmp_path / "s"), smoothing=1.0)
+    assert logf.shape == (N_LOGITS,)
+    # Button 0 with add-one counts: (1 + 1, 3 + 1) / 6.
+    assert logf[0:2].tolist() == pytest.approx([math.log(2 / 6), math.log(4 / 6)])
+    stick = logf[OFFSETS[12]:OFFSETS[12] + NVEC[12]]  # 11 bins, 4 steps: (1, ..., 4 at bin 5, ..., 2 at bin 10) / 15
+    assert stick[5].item() == pytest.approx(math.log(4 / 15)) and stick[10].item() == pytest.approx(math.log(2 / 15))
+    assert stick[0].item() == pytest.approx(math.log(1 / 15))
+
+
+def test_a_fresh_model_starts_at_the_data_marginal_and_an_init_model_does_not(store, tmp_path):
+    from agentalign.data import StoreReader
+
+    cfg = smoke(store)
+    policy = bc_module.build_policy(cfg, torch.device("cpu"))
+    assert torch.equal(policy.head[-1].bias.detach(), bc_module.action_log_frequencies(StoreReader(store)))
+    off = bc_module.build_policy(replace(cfg, action_prior_init=False), torch.device("cpu"))
+    assert torch.count_nonzero(off.head[-1].bias) == 0
+    policy.save_pretrained(tmp_path / "p")
+    policy.head[-1].bias.data.add_(1.0)
+    policy.save_pretrained(tmp_path / "q")
+    from_init = bc_module.build_policy(replace(cfg, init=str(tmp_path / "q")), torch.device("cpu"))
+    assert torch.equal(from_init.head[-1].bias, policy.head[-1].bias)  # the checkpoint's, not the prior
 
 
 def test_bc_loss_with_nothing_masked_in_is_zero_not_nan():
