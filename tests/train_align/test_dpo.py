@@ -35,7 +35,28 @@ def test_dpo_learns_the_preferences_and_trains_only_the_head(tiny_stack, tmp_pat
     assert changed and all(k.startswith("head.") for k in changed)
 
 
+def test_the_nll_term_adds_the_chosen_per_step_nll_to_the_dpo_loss(tiny_stack, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    m, t = 6, 8
+    width = Policy.from_pretrained(tiny_stack["sft"]).cfg.width
+    h = torch.randn(m, t, width, generator=g)
+    actions = torch.cat([torch.randint(0, 2, (m, t, 12), generator=g), torch.randint(0, 11, (m, t, 4), generator=g)], -1)
+    lengths = torch.randint(3, t + 1, (m,), generator=g)
+    P = preference_matrix(PreferenceSet("x", [Preference(tuple(range(m)), ranking=tuple(range(m)))]), torch.arange(m).numpy())
+
+    def first_row(w: float) -> dict:
+        train_dpo(tiny_stack["sft"], h, actions, lengths, P, tmp_path / f"w{w}", DPOConfig(steps=1, nll_weight=w))
+        return json.loads((tmp_path / f"w{w}" / "metrics.jsonl").read_text().splitlines()[0])
+
+    plain, rpo = first_row(0.0), first_row(0.5)
+    assert "dpo/chosen_nll" not in plain and rpo["dpo/chosen_nll"] > 0
+    # Same seed, same first batch, same (reference) head: the losses differ by exactly the term.
+    assert rpo["dpo/loss"] == pytest.approx(plain["dpo/loss"] + 0.5 * rpo["dpo/chosen_nll"], rel=1e-5)
+
+
 def test_bad_dpo_config():
+    with pytest.raises(ValueError, match="nll_weight"):
+        DPOConfig(nll_weight=-1.0)
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=0)
     with pytest.raises(ValueError, match="batch_pairs"):

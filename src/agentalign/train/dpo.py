@@ -7,7 +7,9 @@ log π(τ) = Σ_t log π(a_t | context_t):
 
     L(θ) = -E log σ( β [ (log π_θ(τ_w) - log π_SFT(τ_w)) - (log π_θ(τ_l) - log π_SFT(τ_l)) ] )
 
-Departure: only the head (the MLP after the transformer) trains, as in the paper's other
+Departures: the chosen trajectories' per-step log-likelihood is added to the loss with weight
+`nll_weight` (RPO, Pang et al., 2024), which keeps DPO from lowering the likelihood of the chosen
+trajectories along with the rejected ones; `nll_weight=0` is plain DPO. Only the head (the MLP after the transformer) trains, as in the paper's other
 alignment stages. The frozen transformer's outputs h_t for every trajectory are then those the
 reward model's agent encoder computes, so they are computed once (and shared with the reward
 stage's cache), and each step only re-runs the head. Ties are left out.
@@ -35,11 +37,17 @@ class DPOConfig:
     steps: int = 400
     batch_pairs: int = 64
     grad_clip: float = 1.0
+    # Weight of the chosen trajectories' per-step negative log-likelihood added to the DPO loss
+    # (RPO, Pang et al., 2024). Plain DPO (0) pushed the chosen and the rejected likelihoods both
+    # far down on the cpu run and its policy reached no pad (RESULTS.md, "Pipeline").
+    nll_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
         for name in ("steps", "batch_pairs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -91,6 +99,10 @@ def train_dpo(policy_dir: str | Path, h: torch.Tensor, actions: torch.Tensor, le
         lc = trajectory_logp(policy.head, h[c], actions[c], mask[c])
         lr_ = trajectory_logp(policy.head, h[r], actions[r], mask[r])
         loss, metrics = dpo_loss(lc, lr_, ref_logp[c], ref_logp[r], cfg.beta)
+        if cfg.nll_weight > 0:
+            nll = -(lc / lengths[c].clamp(min=1)).mean()  # per step, so long and short count alike
+            loss = loss + cfg.nll_weight * nll
+            metrics["dpo/chosen_nll"] = float(nll.detach())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.head.parameters(), cfg.grad_clip)
