@@ -198,14 +198,18 @@ def pipeline(
     out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<preset>)."),
     from_: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set align.episodes=1600."),
+    reproduce: bool = typer.Option(False, "--reproduce", help="Add every variant the paper's figures need (both "
+                                   "pads, several seeds, with and without preference FT, small and large "
+                                   "comparison sets, model sizes): hours on 2 cores. Same as --set reproduce.enabled=true."),
 ) -> None:
     """Every stage, from nothing to an aligned agent and report.html. Resumable: run it again."""
     from agentalign.pipeline import load_pipeline_config, run_pipeline
 
-    overrides = list(set_) + ([f"target={target}"] if target else [])
+    overrides = list(set_) + ([f"target={target}"] if target else []) + (["reproduce.enabled=true"] if reproduce else [])
     cfg = checked(load_pipeline_config, config, overrides)
     folder = out or Path("runs") / Path(config).stem
-    typer.echo(f"agentalign pipeline: preset {config}, target {cfg.target}, run folder {folder}")
+    extra = ", with the reproduce variants" if cfg.reproduce.enabled else ""
+    typer.echo(f"agentalign pipeline: preset {config}, target {cfg.target}{extra}, run folder {folder}")
     checked(run_pipeline, folder, cfg, from_, echo=lambda line: typer.echo(line))
 
 

@@ -6,6 +6,8 @@
     sft -> rollouts -> prefs (synthetic, target pad) -> reward (agent encoder) ; sweep (figure 7)
         -> pft (preference fine-tuning) -> align (REINFORCE) -> eval_pft, eval_align
         -> dpo (offline, from the preferences) -> eval_dpo
+    [reproduce] prefs_PAD -> reward_PAD_SET -> pft_PAD_SET -> align_PAD_SET_[no]pft_sK -> eval_align_...
+                size_PRESET_{pretrain,sft,scratch,eval_sft,eval_scratch}   (figures 8, 9, 12; app. I)
     -> report (report.html, results.json)
 
 Every stage writes into its own folder under the run folder, with its resolved config, and marks
@@ -13,7 +15,11 @@ itself done with `stage.json`: a hash of its config and of the stages it reads. 
 command again skips done stages whose hash still matches; a stage that was interrupted runs again
 (data generation and behaviour cloning resume from their last durable episode or checkpoint);
 `from_stage` reruns from a stage on. A done stage whose config changed is an error that names it,
-never silently overwritten.
+never silently overwritten (only the report, a summary of the others, is simply made again).
+
+`reproduce` (off by default, `--reproduce`) adds the variants behind figures 8, 9 and 12 as stages
+of their own, reusing the main stages wherever the computation is the same; the main stages'
+hashes do not cover it, so turning it on keeps a finished run's stages.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from agentalign.config import build_config, config_to_dict, load_toml
 from agentalign.envs.skygarden import world as W
-from agentalign.models import PolicyConfig, model_preset
+from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
 from agentalign.players.generate import GenerateConfig, preset as data_preset
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import atomic_write_json, json_safe
@@ -65,6 +72,54 @@ class SweepStageConfig:
     encoders: tuple[str, ...] = ("agent", "random")
 
 
+# What makes one model size differ from another (appendix E); the rest (image size, context,
+# conditioning on a_{t-1}, dropout) stays the main model's, so every size reads the same data.
+SIZE_FIELDS = ("width", "layers", "heads", "ff_mult", "head_hidden", "stem_channels", "encoder_stages")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """The extra runs behind the paper's alignment figures: both pads (figures 8 and 9), several
+    alignment seeds, a small and a large comparison set, with and without preference fine-tuning,
+    and each one's final jump-pad distribution (appendix I); then behaviour cloning at other model
+    sizes (figure 12). Off by default: it multiplies the alignment work about twentyfold."""
+
+    enabled: bool = False
+    targets: tuple[str, ...] = ("left", "right")  # figure 8 (left) and figure 9 (right)
+    seeds: int = 3  # alignment seeds per variant: the fewest whose standard error means something
+    # The two ends of figures 8/9's range of reward models: "small" trains on all pairs of
+    # `small_trajectories` training trajectories, "large" on all pairs of all of them.
+    comparisons: tuple[Literal["small", "large"], ...] = ("small", "large")
+    small_trajectories: int = 15  # 105 comparisons: the paper's smallest set (~100)
+    with_pft: tuple[bool, ...] = (True, False)  # figures 8/9: with (blue) and without preference FT
+    # Model presets cloned at figure 12's sizes, on the cpu preset's scale (the paper's are 4m, 25m,
+    # paper-103m, for a GPU); one equal to the main model reuses its stages; () skips the sweep.
+    model_sizes: tuple[str, ...] = ("tiny", "cpu")
+    eval_episodes: int | None = None  # per variant; None: the main evaluation's count
+
+    def __post_init__(self) -> None:
+        for name in ("targets", "comparisons", "with_pft", "model_sizes"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {list(values)}")
+        for pad in self.targets:
+            if pad not in W.PAD_NAMES:
+                raise ValueError(f"targets: unknown jump pad {pad!r}; choose from {', '.join(W.PAD_NAMES)}")
+        for preset in self.model_sizes:
+            if preset not in MODEL_PRESETS:
+                raise ValueError(f"model_sizes: unknown model preset {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.eval_episodes is not None and self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be at least 1 (or none), got {self.eval_episodes}")
+
+
+def size_model(main: PolicyConfig, preset: str) -> PolicyConfig:
+    """The main model at another preset's size (SIZE_FIELDS)."""
+    sized = model_preset(preset)
+    return replace(main, **{f: getattr(sized, f) for f in SIZE_FIELDS})
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     target: str = "left"
@@ -82,12 +137,24 @@ class PipelineConfig:
     pft: PreferenceFTConfig = field(default_factory=PreferenceFTConfig)
     align: ReinforceConfig = field(default_factory=ReinforceConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)  # hashed by no main stage
 
     def __post_init__(self) -> None:
         W.pad_index(self.target)
         if self.prefs.train >= self.prefs.rollout_episodes - 1:
             raise ValueError(f"prefs.train ({self.prefs.train}) must leave held-out trajectories of the "
                              f"{self.prefs.rollout_episodes} rollouts")  # fmt: skip
+        r = self.reproduce
+        if not r.enabled:
+            return
+        if "small" in r.comparisons and not 2 <= r.small_trajectories < self.prefs.train:
+            raise ValueError(f"reproduce.small_trajectories ({r.small_trajectories}) must lie in 2..{self.prefs.train - 1}: "
+                             f"fewer than the prefs.train trajectories, which make the large set")  # fmt: skip
+        for preset in r.model_sizes:
+            try:
+                size_model(self.model, preset)
+            except ValueError as e:
+                raise ValueError(f"reproduce.model_sizes: {preset} at this pipeline's image size: {e}") from None
 
 
 def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None = None) -> PipelineConfig:
@@ -136,6 +203,9 @@ class Stage:
     config: Any  # what the stage's hash covers
     run: Callable[["Run"], dict]  # returns its headline figures
     headline: Callable[[dict], str] = lambda r: ""
+    # A summary of other stages' outputs (the report): when its inputs changed (--reproduce added
+    # stages, say), it is simply made again rather than refused.
+    redo_when_stale: bool = False
 
 
 class Run:
@@ -178,20 +248,17 @@ def _stages(cfg: PipelineConfig) -> list[Stage]:
     stages = [
         Stage("data_pretrain", (), cfg.data_pretrain, F["data_pretrain"], lambda r: f"{r['episodes']} episodes"),
         Stage("data_finetune", (), cfg.data_finetune, F["data_finetune"], lambda r: f"{r['episodes']} episodes"),
-        Stage("pretrain", ("data_pretrain",), cfg.pretrain, F["pretrain"], lambda r: f"loss {r['final_loss']:.3f}"),
-        Stage("sft", ("pretrain", "data_finetune"), cfg.sft, F["sft"], lambda r: f"loss {r['final_loss']:.3f}"),
-        Stage("scratch", ("data_finetune",), cfg.scratch, F["scratch"], lambda r: f"loss {r['final_loss']:.3f}"),
+        Stage("pretrain", ("data_pretrain",), cfg.pretrain, F["pretrain"], _loss_line),
+        Stage("sft", ("pretrain", "data_finetune"), cfg.sft, F["sft"], _loss_line),
+        Stage("scratch", ("data_finetune",), cfg.scratch, F["scratch"], _loss_line),
         Stage("eval_base", ("pretrain",), ev, F["eval_base"], _eval_line),
         Stage("eval_sft", ("sft",), ev, F["eval_sft"], _eval_line),
         Stage("eval_scratch", ("scratch",), ev, F["eval_scratch"], _eval_line),
         Stage("rollouts", ("sft",), cfg.prefs, F["rollouts"], lambda r: f"{r['episodes']} trajectories"),
-        Stage("prefs", ("rollouts",), {"target": cfg.target, **config_to_dict(cfg.prefs)}, F["prefs"],
-              lambda r: f"{r['train_comparisons']} train comparisons"),
-        Stage("reward", ("prefs",), cfg.reward, F["reward"],
-              lambda r: f"held-out accuracy {_pct(r.get('reward/accuracy'))}"),
-        Stage("pft", ("reward",), cfg.pft, F["pft"], lambda r: f"kept {r['kept']} trajectories"),
-        Stage("align", ("pft",), cfg.align, F["align"],
-              lambda r: f"{cfg.target} success {_pct(r.get('final_success'))} (last 5 batches)"),
+        Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F["prefs"], _prefs_line),
+        Stage("reward", ("prefs",), cfg.reward, F["reward"], _reward_line),
+        Stage("pft", ("reward",), cfg.pft, F["pft"], _pft_line),
+        Stage("align", ("pft",), cfg.align, F["align"], partial(_align_line, cfg.target)),
         Stage("dpo", ("prefs",), cfg.dpo, F["dpo"], lambda r: r.get("skipped") or f"pair accuracy {_pct(r.get('dpo/accuracy'))}"),
         Stage("eval_pft", ("pft",), ev, F["eval_pft"], _eval_line),
         Stage("eval_align", ("align",), ev, F["eval_align"], _eval_line),
@@ -200,12 +267,145 @@ def _stages(cfg: PipelineConfig) -> list[Stage]:
     if cfg.sweep.enabled:
         stages.insert(11, Stage("sweep", ("prefs",), {**config_to_dict(cfg.sweep), "reward": config_to_dict(cfg.reward)},
                                 F["sweep"], _sweep_line))  # fmt: skip
-    stages.append(Stage("report", tuple(s.name for s in stages), {}, F["report"], lambda r: r.get("path", "")))
+    if cfg.reproduce.enabled:
+        stages += _reproduce_stages(cfg, {s.name for s in stages})
+    stages.append(Stage("report", tuple(s.name for s in stages), {}, F["report"], lambda r: r.get("path", ""),
+                        redo_when_stale=True))  # fmt: skip
+    return stages
+
+
+# ---- reproduce: the variants behind figures 8, 9 and 12 -----------------------------------------
+
+
+@dataclass(frozen=True)
+class AlignVariant:
+    """One line of figures 8/9: a target pad, the comparison set its reward model learnt from,
+    with or without preference fine-tuning; an (alignment, evaluation) stage pair per seed."""
+
+    target: str
+    comparisons: str
+    pft: bool
+    runs: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.comparisons} set, {'PFT + RL' if self.pft else 'RL only'}"
+
+
+@dataclass(frozen=True)
+class SizeVariant:
+    """One model size of figure 12: its stage for each role in SIZE_ROLES."""
+
+    preset: str
+    model: PolicyConfig
+    stages: dict[str, str]
+
+
+SIZE_ROLES = ("pretrain", "sft", "scratch", "eval_sft", "eval_scratch")
+
+
+def _variant_name(cfg: PipelineConfig, stage: str, *key: str) -> str:
+    """The stage `stage` for a variant key (pad, comparison set, pft|nopft, seed): the main run's own
+    stage where the key is the main run's (its pad, the large set, PFT, seed 0), as the computation
+    is the same; else the stage name with the key appended, e.g. align_right_small_nopft_s2."""
+    main = (cfg.target, "large", "pft", "s0")[: len(key)]
+    return stage if key == main else "_".join((stage, *key))
+
+
+def reproduce_plan(cfg: PipelineConfig) -> tuple[list[AlignVariant], list[SizeVariant]]:
+    """Every alignment variant and model size that `reproduce` asks for, with its stage names."""
+    r = cfg.reproduce
+    variants = []
+    for t in r.targets:
+        for c in r.comparisons:
+            for pft in r.with_pft:
+                names = [_variant_name(cfg, "align", t, c, "pft" if pft else "nopft", f"s{k}") for k in range(r.seeds)]
+                variants.append(AlignVariant(t, c, pft, tuple((n, f"eval_{n}") for n in names)))
+    sizes = []
+    for preset in r.model_sizes:
+        model = size_model(cfg.model, preset)
+        same = model == cfg.model
+        sizes.append(SizeVariant(preset, model, {role: role if same else f"size_{preset}_{role}" for role in SIZE_ROLES}))
+    return variants, sizes
+
+
+def _reproduce_stages(cfg: PipelineConfig, main: set[str]) -> list[Stage]:
+    """The stages of reproduce_plan that the main run does not already have, each a call of the
+    same stage function as its main counterpart on other inputs."""
+    from agentalign import pipeline_stages as F
+
+    r = cfg.reproduce
+    # Variants are compared through their curves; a cheaper evaluation and no videos do for them.
+    ev = replace(cfg.eval, episodes=r.eval_episodes or cfg.eval.episodes, videos=0)
+    variants, sizes = reproduce_plan(cfg)
+    stages: list[Stage] = []
+
+    def add(name: str, deps: tuple[str, ...], config: Any, run: Callable, headline: Callable[[dict], str]) -> None:
+        if name not in main and all(s.name != name for s in stages):
+            stages.append(Stage(name, deps, config, run, headline))
+
+    for t in r.targets:
+        prefs = _variant_name(cfg, "prefs", t)
+        add(prefs, ("rollouts",), _prefs_config(cfg, t), partial(F.preferences, name=prefs, target=t), _prefs_line)
+        for c in r.comparisons:
+            reward, pft = _variant_name(cfg, "reward", t, c), _variant_name(cfg, "pft", t, c)
+            n = r.small_trajectories if c == "small" else None  # None: every training trajectory
+            add(reward, (prefs,), {"reward": config_to_dict(cfg.reward), "trajectories": n},
+                partial(F.reward_model, name=reward, prefs=prefs, trajectories=n),
+                lambda res: f"{res.get('comparisons')} comparisons, {_reward_line(res)}")
+            if True in r.with_pft:
+                add(pft, (reward,), cfg.pft, partial(F.preference_ft, name=pft, reward=reward, prefs=prefs), _pft_line)
+            for v in variants:
+                if (v.target, v.comparisons) != (t, c):
+                    continue
+                start = pft if v.pft else "sft"
+                for k, (align, evaluation) in enumerate(v.runs):
+                    acfg = replace(cfg.align, target=t, seed=cfg.align.seed + k)  # seed 0: the main run's
+                    add(align, (start, reward), acfg, partial(F.online_align, name=align, start=start, reward=reward, cfg=acfg),
+                        partial(_align_line, t))  # fmt: skip
+                    add(evaluation, (align,), ev, partial(F.evaluation, name=evaluation, model=align, ev=ev), _eval_line)
+    for size in sizes:
+        s = size.stages
+        bc = {"pretrain": replace(cfg.pretrain, model=size.model), "sft": replace(cfg.sft, model=size.model),
+              "scratch": replace(cfg.scratch, model=size.model, init=None)}  # fmt: skip
+        add(s["pretrain"], ("data_pretrain",), bc["pretrain"],
+            partial(F.behaviour_clone, name=s["pretrain"], cfg=bc["pretrain"], data="data_pretrain"), _loss_line)
+        add(s["sft"], (s["pretrain"], "data_finetune"), bc["sft"],
+            partial(F.behaviour_clone, name=s["sft"], cfg=bc["sft"], data="data_finetune", init=s["pretrain"]), _loss_line)
+        add(s["scratch"], ("data_finetune",), bc["scratch"],
+            partial(F.behaviour_clone, name=s["scratch"], cfg=bc["scratch"], data="data_finetune"), _loss_line)
+        for model in ("sft", "scratch"):
+            name = s[f"eval_{model}"]
+            add(name, (s[model],), ev, partial(F.evaluation, name=name, model=s[model], ev=ev), _eval_line)
     return stages
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _prefs_config(cfg: PipelineConfig, target: str) -> dict:
+    return {"target": target, **config_to_dict(cfg.prefs)}
+
+
+def _loss_line(r: dict) -> str:
+    return f"loss {r['final_loss']:.3f}"
+
+
+def _prefs_line(r: dict) -> str:
+    return f"{r['train_comparisons']} train comparisons"
+
+
+def _reward_line(r: dict) -> str:
+    return f"held-out accuracy {_pct(r.get('reward/accuracy'))}"
+
+
+def _pft_line(r: dict) -> str:
+    return f"kept {r['kept']} trajectories"
+
+
+def _align_line(target: str, r: dict) -> str:
+    return f"{target} success {_pct(r.get('final_success'))} (last 5 batches)"
 
 
 def _eval_line(r: dict) -> str:
@@ -235,9 +435,10 @@ def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
     memo: dict = {}
     for k, s in enumerate(run.stages):
         m = run.marker(s.name)
-        if k >= rerun_from or m is None:
+        stale = m is not None and m.get("hash") != run.stage_hash(s.name, memo)
+        if k >= rerun_from or m is None or (stale and s.redo_when_stale):
             todo.append(s.name)
-        elif m.get("hash") != run.stage_hash(s.name, memo):
+        elif stale:
             conflicts.append(s.name)
     if conflicts:
         raise ValueError(f"{run.out} holds finished stages made with another config or inputs: "
@@ -269,12 +470,13 @@ def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = 
     results: dict[str, dict] = {}
     memo: dict = {}
     n = len(run.stages)
+    width = max(14, *(len(s.name) for s in run.stages))  # the reproduce stages' names are longer
     t_all = time.perf_counter()
     for k, s in enumerate(run.stages, 1):
         if s.name not in todo:
             marker = run.marker(s.name)
             results[s.name] = marker["result"]
-            echo(f"[{k:>2}/{n}] {s.name:<14} done earlier ({_fmt_time(marker['seconds'])})  {s.headline(marker['result'])}")
+            echo(f"[{k:>2}/{n}] {s.name:<{width}} done earlier ({_fmt_time(marker['seconds'])})  {s.headline(marker['result'])}")
             continue
         t0 = time.perf_counter()
         run.dir(s.name).mkdir(parents=True, exist_ok=True)
@@ -284,7 +486,7 @@ def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = 
         results[s.name] = result
         atomic_write_json(run.dir(s.name) / "stage.json", {"hash": run.stage_hash(s.name, memo), "seconds": dt,
                                                             "result": result, "finished": time.time()})  # fmt: skip
-        echo(f"[{k:>2}/{n}] {s.name:<14} {_fmt_time(dt):>7}  {s.headline(result)}")
+        echo(f"[{k:>2}/{n}] {s.name:<{width}} {_fmt_time(dt):>7}  {s.headline(result)}")
     echo(f"total {_fmt_time(time.perf_counter() - t_all)} (this invocation); report: {run.out / 'report.html'}")
     return results
 
@@ -306,4 +508,4 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
 
 
-__all__ = ["PipelineConfig", "Run", "load_pipeline_config", "run_pipeline"]
+__all__ = ["PipelineConfig", "ReproduceConfig", "Run", "load_pipeline_config", "reproduce_plan", "run_pipeline"]

@@ -3,6 +3,8 @@
 Folders (under the run folder): data_pretrain/, data_finetune/ (stores), pretrain/, sft/, scratch/
 (checkpoints), eval_*/ (eval.json, figures, videos), rollouts/ (the SFT agent's trajectories),
 prefs/prefs.jsonl, reward/, sweep/, pft/, align/, dpo/, and report.html + results.json at the top.
+With `reproduce`, the same functions (preferences, reward_model, preference_ft, online_align,
+evaluation, behaviour_clone) make its variants' folders from other inputs, named by the stage.
 """
 
 from __future__ import annotations
@@ -32,47 +34,51 @@ def data_finetune(run: "Run") -> dict:
     return generate(_store(run, "data_finetune"), run.cfg.data_finetune)
 
 
-def _bc(run: "Run", name: str, cfg) -> dict:
+def behaviour_clone(run: "Run", name: str, cfg, data: str, init: str | None = None) -> dict:
+    """Clone the store of stage `data` into name/model, from stage `init`'s model if given."""
     from agentalign.train.bc import train_bc
 
+    cfg = replace(cfg, data=str(_store(run, data)))
+    if init is not None:
+        cfg = cfg.with_init(run.dir(init) / "model")
     s = train_bc(cfg, run.dir(name) / "model", progress=True)
     return {"final_loss": float(s.get("final_loss", s.get("loss", float("nan")))), "steps": s.get("steps"),
             "seconds": s.get("seconds")}  # fmt: skip
 
 
 def pretrain(run: "Run") -> dict:
-    return _bc(run, "pretrain", replace(run.cfg.pretrain, data=str(_store(run, "data_pretrain"))))
+    return behaviour_clone(run, "pretrain", run.cfg.pretrain, "data_pretrain")
 
 
 def sft(run: "Run") -> dict:
-    cfg = replace(run.cfg.sft, data=str(_store(run, "data_finetune"))).with_init(run.dir("pretrain") / "model")
-    return _bc(run, "sft", cfg)
+    return behaviour_clone(run, "sft", run.cfg.sft, "data_finetune", init="pretrain")
 
 
 def scratch(run: "Run") -> dict:
-    return _bc(run, "scratch", replace(run.cfg.scratch, data=str(_store(run, "data_finetune")), init=None))
+    return behaviour_clone(run, "scratch", replace(run.cfg.scratch, init=None), "data_finetune")
 
 
-def _evaluate(run: "Run", name: str, checkpoint) -> dict:
+def evaluation(run: "Run", name: str, model: str, ev=None) -> dict:
+    """Evaluate stage `model`'s policy into folder `name` with `ev` (default: the main evaluation)."""
     from agentalign.eval import evaluate
 
-    e = run.cfg.eval
-    r = evaluate(checkpoint, run.dir(name), episodes=e.episodes, seed=e.seed, temperature=e.temperature,
+    e = ev or run.cfg.eval
+    r = evaluate(run.dir(model) / "model", run.dir(name), episodes=e.episodes, seed=e.seed, temperature=e.temperature,
                  num_envs=e.num_envs, videos=e.videos, size=run.cfg.model.image_size, label=name.removeprefix("eval_"))  # fmt: skip
     return {"jump_pads": r["jump_pads"], "success": r["success"], "episodes": r["episodes"],
             "length": r["length"], "by_spawn": r["by_spawn"]}  # fmt: skip
 
 
 def eval_base(run: "Run") -> dict:
-    return _evaluate(run, "eval_base", run.dir("pretrain") / "model")
+    return evaluation(run, "eval_base", "pretrain")
 
 
 def eval_sft(run: "Run") -> dict:
-    return _evaluate(run, "eval_sft", run.dir("sft") / "model")
+    return evaluation(run, "eval_sft", "sft")
 
 
 def eval_scratch(run: "Run") -> dict:
-    return _evaluate(run, "eval_scratch", run.dir("scratch") / "model")
+    return evaluation(run, "eval_scratch", "scratch")
 
 
 def rollouts(run: "Run") -> dict:
@@ -85,27 +91,33 @@ def rollouts(run: "Run") -> dict:
     return {"episodes": int(r["episodes"]), "new_jump_pads": r["jump_pads"]}
 
 
-def prefs(run: "Run") -> dict:
+def preferences(run: "Run", name: str, target: str) -> dict:
+    """Synthetic preferences for pad `target` over the SFT agent's rollouts, in name/prefs.jsonl."""
     from agentalign.data import open_store
     from agentalign.train.reward import synthetic_preferences
 
     store = open_store(_store(run, "rollouts"))
-    p = synthetic_preferences(store, run.cfg.target, run.cfg.prefs.train)
-    p.save(run.dir("prefs") / "prefs.jsonl")
+    p = synthetic_preferences(store, target, run.cfg.prefs.train)
+    p.save(run.dir(name) / "prefs.jsonl")
     n_tr, n_te = len(p.meta["train_ids"]), len(p.meta["test_ids"])
     return {"train": n_tr, "test": n_te, "train_comparisons": n_tr * (n_tr - 1) // 2,
             "test_comparisons": n_te * (n_te - 1) // 2}  # fmt: skip
 
 
-def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512):
-    """Embeddings of all rollout trajectories (train split first) under `kind`, cached in reward/."""
+def prefs(run: "Run") -> dict:
+    return preferences(run, "prefs", run.cfg.target)
+
+
+def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str = "prefs"):
+    """Embeddings of all rollout trajectories (train split first) under `kind`, and stage `prefs`'s
+    comparisons. Cached in reward/ for every stage: they depend on the store and encoder only."""
     from agentalign.data import open_store
     from agentalign.models.reward import checkpoint_fingerprint, load_encoder
     from agentalign.prefs import PreferenceSet
     from agentalign.train.reward import preference_matrix, split_ids, store_embeddings
 
     store = open_store(_store(run, "rollouts"))
-    pset = PreferenceSet.load(run.dir("prefs") / "prefs.jsonl")
+    pset = PreferenceSet.load(run.dir(prefs) / "prefs.jsonl")
     sft = run.dir("sft") / "model"
     enc = load_encoder(kind, sft if kind == "agent" else None, store.image_size[0], seed, dim)
     key = {"store": store.dataset_id, "encoder": kind, "policy": checkpoint_fingerprint(sft) if kind == "agent" else None,
@@ -115,19 +127,30 @@ def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512):
     return store, pset, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(pset, train), preference_matrix(pset, test), key
 
 
-def reward(run: "Run") -> dict:
+def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = None) -> dict:
+    """A reward model on the agent encoder from stage `prefs`'s training comparisons: all of them,
+    or (`trajectories`) all pairs of that many random training trajectories; scored on the held-out
+    split."""
     import torch
 
     from agentalign.train.reward import pairwise_metrics, train_reward_model
 
     cfg = replace(run.cfg.reward, encoder="agent")
-    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim)
+    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim, prefs)
+    if trajectories is not None:
+        rng = np.random.default_rng([cfg.seed, trajectories])
+        sub = torch.from_numpy(np.sort(rng.choice(len(train), trajectories, replace=False)))
+        e_tr, P_tr = e_tr[sub], P_tr[sub][:, sub]
     model, info = train_reward_model(e_tr, P_tr, cfg)
     with torch.no_grad():
         metrics = pairwise_metrics(model(e_te), P_te)
-    model.save_pretrained(run.dir("reward") / "model", stage="reward", encoder="agent", policy=str(run.dir("sft") / "model"),
-                          policy_fingerprint=key["policy"], trajectories=store.dataset_id, target=run.cfg.target, **info)  # fmt: skip
+    model.save_pretrained(run.dir(name) / "model", stage="reward", encoder="agent", policy=str(run.dir("sft") / "model"),
+                          policy_fingerprint=key["policy"], trajectories=store.dataset_id, target=pset.meta["target"], **info)  # fmt: skip
     return {**metrics, **info}
+
+
+def reward(run: "Run") -> dict:
+    return reward_model(run, "reward", "prefs")
 
 
 def sweep(run: "Run") -> dict:
@@ -151,33 +174,44 @@ def sweep(run: "Run") -> dict:
     return {"largest": largest, "points": len(rows)}
 
 
-def pft(run: "Run") -> dict:
+def preference_ft(run: "Run", name: str, reward: str, prefs: str) -> dict:
+    """Preference fine-tuning of the SFT agent on stage `prefs`'s training trajectories as ranked
+    by stage `reward`'s model."""
     from agentalign.prefs import PreferenceSet
     from agentalign.train.preference_ft import preference_finetune
     from agentalign.train.reward import split_ids
 
-    pset = PreferenceSet.load(run.dir("prefs") / "prefs.jsonl")
+    pset = PreferenceSet.load(run.dir(prefs) / "prefs.jsonl")
     train, _ = split_ids(pset, 0)
-    s = preference_finetune(run.dir("sft") / "model", run.dir("reward") / "model", _store(run, "rollouts"), train,
-                            run.dir("pft") / "model", run.cfg.pft, progress=True)  # fmt: skip
+    s = preference_finetune(run.dir("sft") / "model", run.dir(reward) / "model", _store(run, "rollouts"), train,
+                            run.dir(name) / "model", run.cfg.pft, progress=True)  # fmt: skip
     last = s["rounds"][-1]
     return {"kept": last["kept"], "kept_pads": last["kept_pads"], "rounds": s["rounds"]}
 
 
-def align(run: "Run") -> dict:
+def pft(run: "Run") -> dict:
+    return preference_ft(run, "pft", "reward", "prefs")
+
+
+def online_align(run: "Run", name: str, start: str, reward: str, cfg) -> dict:
+    """REINFORCE from stage `start`'s policy towards stage `reward`'s model, regularised to SFT."""
     from agentalign.train.reinforce import train_reinforce
 
-    start = run.dir("pft") / "model"
-    out = run.dir("align") / "model"
+    out = run.dir(name) / "model"
     if (out / "metrics.jsonl").exists():  # an interrupted run starts again from the beginning
         (out / "metrics.jsonl").unlink()
 
     def show(done, total, row):
-        if done % (run.cfg.align.batch_episodes * 10) == 0 or done == total:
-            print(f"    align {done}/{total} episodes  success {100 * row['align/success']:.0f}%  "
+        if done % (cfg.batch_episodes * 10) == 0 or done == total:
+            print(f"    {name} {done}/{total} episodes  success {100 * row['align/success']:.0f}%  "
                   f"reward {row.get('align/reward_return', float('nan')):.3f}", flush=True)  # fmt: skip
 
-    return train_reinforce(start, run.dir("sft") / "model", run.dir("reward") / "model", out, run.cfg.align, progress=show)
+    return train_reinforce(run.dir(start) / "model", run.dir("sft") / "model", run.dir(reward) / "model", out, cfg,
+                           progress=show)  # fmt: skip
+
+
+def align(run: "Run") -> dict:
+    return online_align(run, "align", "pft", "reward", run.cfg.align)
 
 
 def dpo(run: "Run") -> dict:
@@ -191,18 +225,18 @@ def dpo(run: "Run") -> dict:
 
 
 def eval_pft(run: "Run") -> dict:
-    return _evaluate(run, "eval_pft", run.dir("pft") / "model")
+    return evaluation(run, "eval_pft", "pft")
 
 
 def eval_align(run: "Run") -> dict:
-    return _evaluate(run, "eval_align", run.dir("align") / "model")
+    return evaluation(run, "eval_align", "align")
 
 
 def eval_dpo(run: "Run") -> dict:
     skipped = (run.marker("dpo") or {}).get("result", {}).get("skipped")
     if skipped:
         return {"skipped": f"DPO did not run: {skipped}"}
-    return _evaluate(run, "eval_dpo", run.dir("dpo") / "model")
+    return evaluation(run, "eval_dpo", "dpo")
 
 
 def report(run: "Run") -> dict:

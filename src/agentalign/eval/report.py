@@ -1,6 +1,7 @@
 """The reproduction report: the paper's figures regenerated from one pipeline run, each beside
 the paper's number for the same quantity, in one self-contained HTML file (images and videos
-inlined) plus results.json with every headline figure.
+inlined) plus results.json with every headline figure. With `reproduce`, also figures 8/9 over
+its variants and seeds, their final distributions (appendix I) and the model sizes (figure 12).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ PAPER = {
     "reward_agent_largest": 100.0,  # ... and near 100 % at the most
     "align_left": 99.0,  # figures 8, appendix I: after 9,600 online episodes with preference FT
     "align_right": 100.0,  # figure 9, appendix I
+    "align_left_rl_only": 90.0,  # appendix H: ~90 % left after a day without preference FT ...
+    "align_right_rl_only": 40.0,  # ... and ~40 % right (§3.6.2, figure 9)
 }
 PADS = ("none", "left", "middle", "right")
 
@@ -80,6 +83,10 @@ def plot_distributions(results: dict[str, dict], paper: dict[str, dict], path: P
     return path
 
 
+def _moving_mean(x: np.ndarray, k: int) -> np.ndarray:
+    return np.convolve(x, np.ones(k) / k, mode="valid")
+
+
 def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 10) -> Path:
     """Figures 8/9: target-pad success during online alignment against episodes, and the reward
     model's return beside it (a rising return with flat success would be reward hacking)."""
@@ -88,7 +95,7 @@ def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 1
     succ = np.array([m["align/success"] for m in metrics])
     ret = np.array([m.get("align/reward_return", np.nan) for m in metrics])
     k = max(1, min(window, len(succ)))
-    smooth = np.convolve(succ, np.ones(k) / k, mode="valid")
+    smooth = _moving_mean(succ, k)
     # Standard error of the moving mean over the window's batches.
     se = np.array([succ[i : i + k].std() / np.sqrt(k) for i in range(len(smooth))])
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
@@ -109,6 +116,127 @@ def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 1
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def alignment_curve(per_seed: list[list[dict]], window: int = 10) -> dict:
+    """One line of figures 8/9: each seed's target success, a moving mean over `window` batches
+    (as plot_alignment), then the mean and standard error over seeds at each episode count."""
+    n = min(len(m) for m in per_seed)  # seeds share one schedule; a shorter one would cut the rest
+    k = max(1, min(window, n))
+    smooth = np.array([_moving_mean(np.array([row["align/success"] for row in m[:n]]), k) for m in per_seed])
+    se = smooth.std(0, ddof=1) / np.sqrt(len(smooth)) if len(smooth) > 1 else np.full(smooth.shape[1], np.nan)
+    return {"episodes": [float(m["align/episodes"]) for m in per_seed[0][k - 1 : n]], "mean": smooth.mean(0).tolist(),
+            "stderr": se.tolist(), "seeds": len(per_seed), "window": k}  # fmt: skip
+
+
+def mean_distribution(evals: list[dict]) -> dict:
+    """Appendix I for one variant: each pad's fraction, mean over seeds' evaluations, with the
+    standard error over seeds (a single seed keeps its evaluation's own binomial error)."""
+    pads = {}
+    for p in PADS:
+        f = np.array([e["jump_pads"][p]["fraction"] for e in evals])
+        se = f.std(ddof=1) / np.sqrt(len(f)) if len(f) > 1 else evals[0]["jump_pads"][p]["stderr"]
+        pads[p] = {"fraction": float(f.mean()), "stderr": float(se)}
+    return {"jump_pads": pads, "seeds": len(evals)}
+
+
+def plot_alignment_curves(curves: dict[str, dict[str, dict]], path: Path) -> Path:
+    """Figures 8/9: a panel per target pad, a line per variant (mean over seeds, ±1 SE shaded).
+    As the paper: blue with preference fine-tuning, darker for the larger comparison set."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.6), dpi=120, squeeze=False)
+    for ax, (target, lines) in zip(axes[0], curves.items()):
+        for label, c in lines.items():
+            cmap = plt.cm.Blues if "PFT" in label else plt.cm.Oranges
+            colour = cmap(0.9 if label.startswith("large") else 0.55)
+            x, m, se = np.array(c["episodes"]), 100 * np.array(c["mean"]), 100 * np.array(c["stderr"], dtype=float)
+            ax.plot(x, m, color=colour, label=f"{label} ({c['seeds']} seeds)", marker="o" if len(x) < 5 else None)
+            if np.isfinite(se).all():
+                ax.fill_between(x, m - se, m + se, color=colour, alpha=0.2)
+        ax.set_title(f"{target} jump pad")
+        ax.set_xlabel("online episodes")
+        ax.set_ylabel("success (%)")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _paper_alignment(target: str, comparisons: str, pft: bool) -> str:
+    """What the paper reports for an alignment variant's final target-pad success."""
+    value = PAPER.get(f"align_{target}" + ("" if pft else "_rl_only"))
+    if value is None:
+        return "not in the paper"
+    text = f"≈{value:.0f} % after 9,600 episodes"
+    return text if comparisons == "large" else f"below {text} (figs. 8/9: fewer comparisons align less well)"
+
+
+def _mean_se(x: dict | None) -> str:
+    return "—" if x is None else f"{100 * x['fraction']:.1f} ± {100 * x['stderr']:.1f}%"
+
+
+def _reproduce_section(run: "Run", res: dict, figs: Path) -> tuple[dict, list[tuple], str]:
+    """The reproduce variants' curves, final distributions and model sizes: results.json's
+    `reproduce` section, rows for the table of the paper's claims, and the HTML."""
+    from agentalign.models import Policy
+    from agentalign.pipeline import reproduce_plan
+
+    variants, sizes = reproduce_plan(run.cfg)
+    curves: dict[str, dict] = {}
+    final: dict[str, dict] = {}
+    rows, table = [], ""
+    for v in variants:
+        metrics = [read_metrics(run.dir(a) / "model") for a, _ in v.runs]
+        evals = [res.get(e) or {} for _, e in v.runs]
+        if all(metrics):
+            curves.setdefault(v.target, {})[v.label] = alignment_curve(metrics)
+        if not all("jump_pads" in e for e in evals):
+            continue
+        d = final.setdefault(v.target, {})[v.label] = mean_distribution(evals)
+        paper = _paper_alignment(v.target, v.comparisons, v.pft)
+        rows.append((f"Aligned to {v.target}, {v.label}: {v.target} pad (mean of {len(evals)} seeds)",
+                     d["jump_pads"][v.target]["fraction"], paper, "figs. 8/9, app. I"))  # fmt: skip
+        table += (f"<tr><td>{v.target}</td><td>{html.escape(v.label)}</td><td>{len(evals)}</td>"
+                  + "".join(f"<td>{_mean_se(d['jump_pads'][p])}</td>" for p in PADS) + f"<td>{html.escape(paper)}</td></tr>")  # fmt: skip
+    page = ""
+    if curves:
+        plot_alignment_curves(curves, figs / "reproduce_curves.png")
+        page += f"<h2>Alignment variants (figures 8/9)</h2>{_img(figs / 'reproduce_curves.png')}"
+        page += ("<p>Each line: target-pad success per batch, a moving mean per seed, then the mean over seeds; "
+                 "shaded ±1 standard error over seeds.</p>")  # fmt: skip
+    if final:
+        for target, dists in final.items():
+            marks = {label: {target: PAPER[f"align_{target}"]} for label in dists if label == "large set, PFT + RL"
+                     and f"align_{target}" in PAPER}  # fmt: skip
+            plot_distributions(dists, marks, figs / f"reproduce_final_{target}.png", f"Final distributions, aligned to {target} (app. I)")
+        page += ("<h2>Final distributions per variant (appendix I)</h2><table><tr><th>target</th><th>variant</th>"
+                 "<th>seeds</th>" + "".join(f"<th>{p}</th>" for p in PADS) + f"<th>paper (target pad)</th></tr>{table}</table>"
+                 + "".join(_img(figs / f"reproduce_final_{t}.png") for t in final))  # fmt: skip
+    size_rows, size_table, by_size = [], "", {}
+    for size in sizes:
+        ev = {role: res.get(size.stages[f"eval_{role}"]) or {} for role in ("scratch", "sft")}
+        if not all("jump_pads" in e for e in ev.values()):
+            continue
+        params = Policy(size.model).num_parameters()
+        none = {role: e["jump_pads"]["none"] for role, e in ev.items()}
+        size_rows.append({"preset": size.preset, "parameters": params, "none_scratch": none["scratch"], "none_sft": none["sft"]})
+        by_size[f"{size.preset} ({params / 1e6:.2f}M)"] = ev["scratch"]
+        rows.append((f"Fails (no pad), {size.preset} model ({params / 1e6:.2f}M) from scratch", none["scratch"]["fraction"],
+                     "falls as parameters grow", "fig. 12"))  # fmt: skip
+        size_table += (f"<tr><td>{size.preset}</td><td>{params:,}</td><td>{_mean_se(none['scratch'])}</td>"
+                       f"<td>{_mean_se(none['sft'])}</td></tr>")  # fmt: skip
+    if size_rows:
+        plot_distributions(by_size, {}, figs / "reproduce_sizes.png", "Jump pads by model size, from scratch (fig. 12)")
+        ordered = sorted(size_rows, key=lambda r: r["parameters"])
+        falls = all(a["none_scratch"]["fraction"] >= b["none_scratch"]["fraction"] for a, b in zip(ordered, ordered[1:]))
+        page += ("<h2>Model sizes (figure 12)</h2><table><tr><th>preset</th><th>parameters</th>"
+                 "<th>fails, from scratch (fig. 12)</th><th>fails, pre-trained + SFT</th></tr>" + size_table + "</table>"
+                 f"<p>The paper: the failure rate falls as parameters grow. Here, from scratch: it "
+                 f"{'does' if falls else '<b>does not</b>'}.</p>{_img(figs / 'reproduce_sizes.png')}")  # fmt: skip
+    return {"curves": curves, "final": final, "sizes": size_rows}, rows, page
 
 
 def _pct(x: float | None) -> str:
@@ -164,12 +292,17 @@ def write_report(run: "Run") -> Path:
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
     ]
+    reproduce, reproduce_html = None, ""
+    if run.cfg.reproduce.enabled:
+        reproduce, more_rows, reproduce_html = _reproduce_section(run, res, figs)
+        rows += more_rows
     results_json = {
         "target": target,
         "claims": [{"quantity": q, "ours": o, "paper": p, "where": w} for q, o, p, w in rows],
         "stages": res,
         "seconds": secs,
         "total_seconds": float(sum(v for v in secs.values() if v)),
+        **({"reproduce": reproduce} if reproduce is not None else {}),
     }
     atomic_write_json(out / "results.json", json.loads(json.dumps(results_json, default=float)))
 
@@ -208,6 +341,7 @@ overflow:auto;max-height:400px}}.missing{{color:#a00}}</style></head><body>
 <h2>Reward models against comparisons (figure 7)</h2>{_img(run.dir('sweep') / 'sweep.png')}
 <h2>Online alignment (figures 8/9)</h2>{_img(figs / 'align.png')}{hack}
 <h2>Final distributions (appendix I)</h2>{_img(figs / 'final.png')}
+{reproduce_html}
 <h2>Trajectories per stage (figure 10)</h2>{heat}
 <h2>Videos</h2>{videos or '<p>no videos</p>'}
 <h2>Wall time per stage</h2><table>{times}</table>
