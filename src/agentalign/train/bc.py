@@ -338,10 +338,11 @@ def build_policy(cfg: BCConfig, device: torch.device) -> Policy:
     from safetensors.torch import load_file
 
     policy = Policy(cfg.model)
-    if cfg.init is None and cfg.action_prior_init:
-        with torch.no_grad():
-            policy.head[-1].bias.copy_(action_log_frequencies(StoreReader(cfg.data)))
-    if cfg.init is not None:
+    if cfg.init is None:
+        if cfg.action_prior_init:
+            with torch.no_grad():
+                policy.head[-1].bias.copy_(action_log_frequencies(StoreReader(cfg.data)))
+    else:
         state = load_file(str(Path(cfg.init) / "model.safetensors"))
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
