@@ -39,3 +39,12 @@ def test_table_and_overrides_are_typed():
 def test_bad_keys_and_values_are_named(table, overrides, match):
     with pytest.raises(ConfigError, match=match):
         build_config(_Train, table, overrides)
+
+
+def test_overriding_one_nested_key_keeps_the_fields_own_defaults():
+    from agentalign.train.preference_ft import PreferenceFTConfig
+
+    cfg = build_config(PreferenceFTConfig, {}, ["bc.lr=1e-3"])
+    assert cfg.bc.lr == 1e-3
+    default = PreferenceFTConfig().bc  # the preference preset, not BCConfig()'s pre-training defaults
+    assert (cfg.bc.stage, cfg.bc.steps, cfg.bc.train_only) == (default.stage, default.steps, default.train_only)

@@ -47,7 +47,8 @@ def store_and_prefs(trajectories: Path, prefs_path: Path):
     return store, prefs
 
 
-def _embeddings(store, prefs, encoder_kind: str, policy: Optional[Path], cache: Path, seed: int, dim: int):
+def _embeddings(store, prefs, encoder_kind: str, policy: Optional[Path], cache: Path, seed: int, dim: int,
+                pad: str = "black"):
     import numpy as np
 
     from agentalign.models.reward import checkpoint_fingerprint, load_encoder
@@ -62,7 +63,7 @@ def _embeddings(store, prefs, encoder_kind: str, policy: Optional[Path], cache: 
            "policy": checkpoint_fingerprint(policy) if encoder_kind == "agent" else None, "seed": seed, "dim": dim}  # fmt: skip
     train, test = split_ids(prefs, len(store))
     ids = np.concatenate([train, test])
-    emb = store_embeddings(store, encoder, cache, ids, key)
+    emb = store_embeddings(store, encoder, cache, ids, key, pad)
     emb_tr, emb_te = emb[: len(train)], emb[len(train) :]
     return key, emb_tr, preference_matrix(prefs, train), emb_te, preference_matrix(prefs, test)
 
@@ -88,7 +89,7 @@ def reward_train(
     cfg = checked(build_config, RewardTrainConfig, {"encoder": encoder}, set_)
     store, pset = store_and_prefs(trajectories, prefs)
     start = time.perf_counter()
-    key, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, cfg.encoder, policy, out / "cache", cfg.seed, cfg.random_dim)
+    key, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, cfg.encoder, policy, out / "cache", cfg.seed, cfg.random_dim, cfg.pad)
     if subset is not None:
         if not 2 <= subset <= emb_tr.shape[0]:
             fail(f"--subset must lie in 2..{emb_tr.shape[0]}, got {subset}")
@@ -129,7 +130,7 @@ def reward_sweep(
     rows = []
     start = time.perf_counter()
     for kind, cfg in cfgs.items():
-        _, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, kind, policy, out / "cache", cfg.seed, cfg.random_dim)
+        _, emb_tr, P_tr, emb_te, P_te = _embeddings(store, pset, kind, policy, out / "cache", cfg.seed, cfg.random_dim, cfg.pad)
         sizes = sweep_subset_sizes(emb_tr.shape[0], points=points)
 
         def show(r):

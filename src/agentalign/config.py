@@ -154,7 +154,7 @@ def build_config(cls: type[T], table: dict[str, Any] | None = None, overrides: l
         if key not in fields:
             raise _unknown(prefix + key, list(fields))
         tp = hints[key]
-        current = getattr(base, key) if base is not None else None
+        current = getattr(base, key) if base is not None else _field_default(fields[key])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             values[key] = build_config(tp, value, base=current, prefix=f"{prefix}{key}.")
         else:
@@ -165,6 +165,16 @@ def build_config(cls: type[T], table: dict[str, Any] | None = None, overrides: l
         raise
     except (TypeError, ValueError) as e:  # the dataclass's own checks (__post_init__)
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product), so that overriding one key of a nested
+    config keeps the field's own defaults (e.g. the preference BC preset), not its class's."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

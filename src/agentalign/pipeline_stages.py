@@ -108,7 +108,7 @@ def prefs(run: "Run") -> dict:
     return preferences(run, "prefs", run.cfg.target)
 
 
-def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str = "prefs"):
+def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str = "prefs", pad: str = "black"):
     """Embeddings of all rollout trajectories (train split first) under `kind`, and stage `prefs`'s
     comparisons. Cached in reward/ for every stage: they depend on the store and encoder only."""
     from agentalign.data import open_store
@@ -123,7 +123,7 @@ def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str
     key = {"store": store.dataset_id, "encoder": kind, "policy": checkpoint_fingerprint(sft) if kind == "agent" else None,
            "seed": seed, "dim": dim}  # fmt: skip
     train, test = split_ids(pset, len(store))
-    emb = store_embeddings(store, enc, run.dir("reward") / "cache", np.concatenate([train, test]), key)
+    emb = store_embeddings(store, enc, run.dir("reward") / "cache", np.concatenate([train, test]), key, pad)
     return store, pset, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(pset, train), preference_matrix(pset, test), key
 
 
@@ -136,7 +136,7 @@ def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = N
     from agentalign.train.reward import pairwise_metrics, train_reward_model
 
     cfg = replace(run.cfg.reward, encoder="agent")
-    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim, prefs)
+    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim, prefs, cfg.pad)
     if trajectories is not None:
         rng = np.random.default_rng([cfg.seed, trajectories])
         sub = torch.from_numpy(np.sort(rng.choice(len(train), trajectories, replace=False)))
@@ -162,7 +162,7 @@ def sweep(run: "Run") -> dict:
     rows = []
     for kind in s.encoders:
         cfg = replace(run.cfg.reward, encoder=kind)
-        _, _, _, _, e_tr, e_te, P_tr, P_te, _ = _embeddings(run, kind, cfg.seed, cfg.random_dim)
+        _, _, _, _, e_tr, e_te, P_tr, P_te, _ = _embeddings(run, kind, cfg.seed, cfg.random_dim, pad=cfg.pad)
         rows += run_sweep(e_tr, P_tr, e_te, P_te, sweep_subset_sizes(e_tr.shape[0], points=s.points), s.seeds, cfg)
     atomic_write_json(run.dir("sweep") / "sweep.json", {"rows": rows})
     plot_sweep(rows, run.dir("sweep") / "sweep.png", title=f"reward models, target {run.cfg.target}")

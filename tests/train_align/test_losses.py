@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from agentalign.train.losses import baseline, discounted_returns, dpo_loss, kl_penalty, reinforce_loss
+from agentalign.train.losses import (baseline, clipped_surrogate_loss, discounted_returns, dpo_loss, kl_penalty,
+                                     reinforce_loss)
 
 
 def test_baselines():
@@ -27,6 +28,25 @@ def test_reinforce_loss_by_hand():
     # episode 0: -(-1 - 2) * 0.75 = 2.25; episode 1: -(-0.5) * (-0.25) = -0.125
     assert abs(float(reinforce_loss(logp, returns, mask, base)) - (2.25 - 0.125) / 2) < 1e-6
     assert abs(float(kl_penalty(torch.tensor([[0.1, 0.2], [0.3, 5.0]]), mask)) - (0.3 + 0.3) / 2) < 1e-6
+
+
+def test_clipped_surrogate_by_hand():
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    base = torch.tensor([0.5, 0.5])  # advantages: +0.5 (episode 0), -0.5 (episode 1)
+    old = torch.zeros(2, 2)
+    new = torch.tensor([[math.log(2.0), math.log(0.5)], [math.log(0.5), 3.0]])
+    # episode 0 (A = +0.5): rho 2 -> clipped to 1.2 -> 0.6; rho 0.5 -> min(0.25, 0.4) = 0.25
+    # episode 1 (A = -0.5): rho 0.5 -> min(-0.25, -0.4) = -0.4; the masked step counts nothing
+    expected = -((0.6 + 0.25) + (-0.4)) / 2
+    assert abs(float(clipped_surrogate_loss(new, old, returns, mask, base, 0.2)) - expected) < 1e-6
+    # At rho = 1 its gradient is REINFORCE's.
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    clipped_surrogate_loss(logp, logp.detach(), returns, mask, base, 0.2).backward()
+    g1 = logp.grad.clone()
+    logp.grad = None
+    reinforce_loss(logp, returns, mask, base).backward()
+    assert torch.allclose(g1, logp.grad)
 
 
 def test_dpo_loss_by_hand():

@@ -11,9 +11,10 @@ def _params(d):
     return Policy.from_pretrained(d).state_dict()
 
 
-@pytest.mark.parametrize("train_only", ["head", "lora"])
-def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only):
-    cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, seed=0)
+@pytest.mark.parametrize("train_only,epochs", [("head", 1), ("lora", 1), ("head", 3), ("transformer", 2)])
+def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, epochs):
+    cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, epochs=epochs,
+                          seed=0)  # fmt: skip
     summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
     assert summary["updates"] == 2 and summary["episodes"] == 8
     before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
@@ -22,10 +23,16 @@ def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only):
     if train_only == "head":
         assert all(k.startswith("head.") for k in changed)
     else:
-        assert any(k.startswith("blocks.") for k in changed)  # the merged adapters
+        assert any(k.startswith("blocks.") for k in changed)  # trained, or the merged adapters
+    if train_only == "transformer":
+        assert not any(k.startswith(("encoder.", "obs_proj.")) for k in changed)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["align/loss"])) for r in rows)
     assert {"align/success", "align/reward_return", "align/kl", "align/entropy"} <= set(rows[0])
+    if epochs == 1:  # on-policy: the recomputed log-probabilities are those the rollout sampled with
+        assert rows[0]["align/ratio_dev"] < 1e-4
+    else:
+        assert rows[0]["align/ratio_dev"] > 1e-4
 
 
 def test_same_seed_same_result(tiny_stack, tmp_path):
@@ -38,9 +45,22 @@ def test_same_seed_same_result(tiny_stack, tmp_path):
 
 def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
-                          ({"target": "top"}, "unknown jump pad 'top'")]:  # fmt: skip
+                          ({"target": "top"}, "unknown jump pad 'top'"),
+                          ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):
         train_reinforce(tiny_stack["other"], tiny_stack["other"], tiny_stack["rm"], tmp_path / "x", ReinforceConfig(episodes=4))
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
+def test_head_only_from_a_policy_whose_trunk_moved_away_from_the_reference(tiny_stack, tmp_path):
+    # A preference fine-tune of the whole network no longer shares h_t with the SFT reference: the
+    # KL then needs the reference's own forward pass.
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, train_only="head", seed=0)
+    train_reinforce(tiny_stack["other"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    before, after = _params(tiny_stack["other"]), _params(tmp_path / "out")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["align/kl"] > 0  # two different policies

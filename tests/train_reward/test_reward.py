@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from agentalign.models import Policy, model_preset
@@ -67,6 +68,11 @@ def test_agent_encoder_sliding_window_matches_per_window_forward():
 def test_padding_and_random_encoder():
     f, a = pad_trajectory(torch.ones(3, 64, 64, 3, dtype=torch.uint8), torch.ones(3, 16, dtype=torch.long))
     assert f.shape[0] == 100 and f[3:].max() == 0 and (a[3:, 12:] == 5).all() and (a[3:, :12] == 0).all()
+    frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    f, _ = pad_trajectory(frames, torch.ones(3, 16, dtype=torch.long), pad="last")
+    assert torch.equal(f[:3], frames) and all(torch.equal(f[k], frames[2]) for k in (3, 50, 99))
+    with pytest.raises(ValueError, match="padding 'grey'"):
+        pad_trajectory(frames, torch.ones(3, 16, dtype=torch.long), pad="grey")
     enc1, enc2 = RandomEncoder(64, 512, seed=3), RandomEncoder(64, 512, seed=3)
     x = torch.randint(0, 256, (1, 4, 64, 64, 3), dtype=torch.uint8)
     assert torch.equal(enc1(x), enc2(x)) and enc1(x).shape == (1, 4, 512)

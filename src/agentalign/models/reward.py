@@ -40,6 +40,7 @@ class RewardModelConfig:
     encoder: Literal["agent", "random"]
     embed_dim: int  # E: policy width (agent) or 512 (random)
     horizon: int = HORIZON
+    pad: str = "black"  # how trajectories shorter than the horizon are padded (see pad_trajectory)
     step_hidden: int = 256
     step_out: int = 3
     traj_hidden: int = 256
@@ -102,13 +103,24 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     return h.hexdigest()
 
 
-def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = HORIZON) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, H, W, 3), (T, 16) -> (horizon, H, W, 3) with black frames, (horizon, 16) with no-ops."""
+PAD_MODES = ("black", "last")
+
+
+def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = HORIZON,
+                   pad: str = "black") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(T, H, W, 3), (T, 16) -> (horizon, H, W, 3), (horizon, 16) with no-op actions after T.
+
+    pad="black" fills with black frames (appendix C.3); "last" repeats the final frame, so the
+    padding does not mark where a trajectory ended (black padding shows any encoder its length)."""
     t = frames.shape[0]
     if t > horizon:
         raise ValueError(f"trajectory of {t} steps is longer than the reward model's horizon {horizon}")
+    if pad not in PAD_MODES:
+        raise ValueError(f"unknown reward-model padding {pad!r}; choose one of {', '.join(PAD_MODES)}")
     f = torch.zeros((horizon, *frames.shape[1:]), dtype=torch.uint8)
     f[:t] = frames
+    if pad == "last" and 0 < t < horizon:
+        f[t:] = frames[t - 1]
     a = torch.as_tensor(gamepad.noop_action(horizon))
     a[:t] = actions
     return f, a
@@ -138,9 +150,14 @@ def sliding_window_features(policy: Policy, frames: torch.Tensor, actions: torch
     frames (B, T, H, W, 3) uint8, actions (B, T, 16) a_t -> (B, T, width). Differentiable (the
     caller chooses grad or inference mode). Every frame is encoded once; the transformer runs once
     over the first window (causality gives h_0..h_{C-1}) and once per later step, batched."""
-    b, t = frames.shape[:2]
+    return windowed_transformer(policy, policy.encode(frames), actions)
+
+
+def windowed_transformer(policy: Policy, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The transformer half of `sliding_window_features`, on per-frame embeddings z (B, T, width)
+    already computed (by a frozen encoder, say): -> h (B, T, width)."""
+    b, t = z.shape[:2]
     c = policy.cfg.context
-    z = policy.encode(frames)  # (B, T, width)
     prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)  # a_{t-1}; index 0 is BOS anyway
     first = min(t, c)
     out = [policy.forward_embedded(z[:, :first], prev[:, :first])]  # h_0 .. h_{first-1}

@@ -44,6 +44,19 @@ def reinforce_loss(logp: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
     return -(logp * adv).sum(1).mean()
 
 
+def clipped_surrogate_loss(logp: torch.Tensor, logp_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                           base: torch.Tensor, clip: float) -> torch.Tensor:  # fmt: skip
+    """PPO's clipped surrogate (Schulman et al., 2017) with REINFORCE's per-episode advantage, so a
+    batch can be reused for several epochs: -mean_episodes sum_t min(rho A, clip(rho, 1-e, 1+e) A),
+    rho = pi(a_t) / pi_old(a_t). At rho = 1 (the first epoch) its gradient is REINFORCE's.
+
+    logp, logp_old, returns, mask (B, T); base (B,) -> scalar."""
+    adv = (returns - base[:, None]) * mask
+    rho = torch.exp(logp - logp_old) * mask
+    surrogate = torch.minimum(rho * adv, rho.clamp(1.0 - clip, 1.0 + clip) * adv)
+    return -surrogate.sum(1).mean()
+
+
 def kl_penalty(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over episodes of the summed per-step KL(pi || pi_ref): (B, T), (B, T) -> scalar."""
     return (kl * mask).sum(1).mean()

@@ -54,7 +54,7 @@ def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path) -> np.nda
     model, meta = RewardModel.from_pretrained(reward_dir)
     encoder = load_encoder(meta["encoder"], meta.get("policy"), store.image_size[0], int(meta.get("random_seed", 0)),
                            model.cfg.embed_dim)  # fmt: skip
-    emb = embed_trajectories(encoder, store, ids, model.cfg.horizon)
+    emb = embed_trajectories(encoder, store, ids, model.cfg.horizon, model.cfg.pad)
     with torch.no_grad():
         return model.normalised(emb).numpy()
 

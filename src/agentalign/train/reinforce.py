@@ -14,12 +14,15 @@ Departures from the paper, all configurable back to it:
   * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`).
   * β: the paper trains the last layer without KL (`beta=0`, which loads no reference model);
     the standard LLM recipe it cites regularises to the SFT policy, which we default on, small.
-  * `train_only`: "head" (the paper: only the MLP after the transformer), "all" or "lora".
+  * `train_only`: "head" (the paper: only the MLP after the transformer), "transformer" (the
+    transformer and the head; the pixel encoder stays frozen), "all" or "lora".
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
 head on them, the KL needs only the SFT head, and the reward model's agent encoder (the frozen SFT
-policy) sees the same features. "all" and "lora" recompute h_t with gradients from the frames.
+policy) sees the same features. "transformer" encodes the frames once without gradients and
+recomputes the transformer's sliding windows with them; "all" and "lora" recompute h_t with
+gradients from the frames.
 An episode whose reward cannot be computed (an error or a non-finite value) is dropped and the
 batch shrinks, as in appendix C.4.
 """
@@ -39,10 +42,16 @@ import torch.nn as nn
 
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features
+from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features,
+                                     windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
 from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
-from agentalign.train.losses import baseline, discounted_returns, kl_penalty, reinforce_loss
+from agentalign.train.losses import baseline, clipped_surrogate_loss, discounted_returns, kl_penalty, reinforce_loss
+
+
+TRAIN_ONLY = ("head", "transformer", "all", "lora")
+FROZEN = {"head": ("encoder.", "obs_proj.", "action_embed.", "bos", "pos", "blocks.", "ln_f."),
+          "transformer": ("encoder.", "obs_proj.")}  # parameter prefixes each mode keeps frozen
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class ReinforceConfig:
     episodes: int = 2400  # online episodes (paper: 9,600 = 600 updates x 16)
     batch_episodes: int = 16  # episodes per update (appendix C.4)
     lr: float = 1e-4  # appendix C.4
-    train_only: Literal["head", "all", "lora"] = "head"  # appendix C.4 trains only the head
+    train_only: Literal["head", "transformer", "all", "lora"] = "head"  # appendix C.4 trains only the head
     beta: float = 0.02  # KL(pi || pi_SFT) weight; 0 turns it off and loads no reference model
     gamma: float = 1.0  # undiscounted, as the paper
     baseline: Literal["none", "mean", "loo"] = "loo"  # variance reduction; the paper uses none
@@ -59,6 +68,10 @@ class ReinforceConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     grad_clip: float = 1.0
+    # Gradient epochs per batch. 1 is REINFORCE; more reuse each batch with PPO's clipped ratio,
+    # which costs only head passes with train_only="head" (the trunk's outputs are cached).
+    epochs: int = 1
+    clip: float = 0.2  # PPO's ratio clip, used when epochs > 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,10 +84,14 @@ class ReinforceConfig:
             raise ValueError(f"beta must be >= 0 (0 turns the KL off), got {self.beta}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0 < self.clip < 1:
+            raise ValueError(f"clip must lie in (0, 1), got {self.clip}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.train_only not in ("head", "all", "lora"):
-            raise ValueError(f"train_only must be head, all or lora, got {self.train_only!r}")
+        if self.train_only not in TRAIN_ONLY:
+            raise ValueError(f"train_only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
         if self.baseline not in ("none", "mean", "loo"):
             raise ValueError(f"baseline must be none, mean or loo, got {self.baseline!r}")
 
@@ -148,7 +165,7 @@ class TrajectoryRewarder:
         for i, tr in enumerate(trajs):
             try:
                 f, a = pad_trajectory(torch.from_numpy(tr.frames[: tr.length]), torch.from_numpy(tr.actions),
-                                      self.model.cfg.horizon)  # fmt: skip
+                                      self.model.cfg.horizon, self.model.cfg.pad)  # fmt: skip
             except (ValueError, TypeError):
                 continue
             frames.append(f)
@@ -177,9 +194,10 @@ def check_reward_matches(reward_dir: Path, reference_dir: Path) -> dict:
     return meta
 
 
-def _frozen_trunk_matches(policy: Policy, reference: Policy) -> bool:
+def _frozen_matches(policy: Policy, reference: Policy, prefixes: tuple[str, ...]) -> bool:
+    """Whether the parameters under `prefixes` are the reference's (so its features can be shared)."""
     ref = reference.state_dict()
-    return all(torch.equal(v, ref[k]) for k, v in policy.state_dict().items() if not k.startswith("head."))
+    return all(torch.equal(v, ref[k]) for k, v in policy.state_dict().items() if k.startswith(prefixes))
 
 
 def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_dir: str | Path, out_dir: str | Path,
@@ -196,19 +214,20 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         p.requires_grad_(False)
     if policy.cfg != reference.cfg:
         raise ValueError(f"{policy_dir} and the reference {reference_dir} are different models")
-    if cfg.train_only == "head" and not _frozen_trunk_matches(policy, reference):
-        raise ValueError(f"{policy_dir} does not share its encoder and transformer with the reference "
-                         f"{reference_dir}: train it with train_only='all' or 'lora', or start from the reference")  # fmt: skip
     rewarder = TrajectoryRewarder(reward_dir, reference, policy.cfg.image_size)
 
     for p in policy.parameters():
-        p.requires_grad_(cfg.train_only == "all")
-    if cfg.train_only == "head":
-        params = list(policy.head.parameters())
-    elif cfg.train_only == "lora":
+        p.requires_grad_(False)
+    if cfg.train_only == "lora":
         params = add_lora(policy, cfg.lora_rank, cfg.lora_alpha)
     else:
-        params = list(policy.parameters())
+        frozen = FROZEN.get(cfg.train_only, ())
+        params = [p for k, p in policy.named_parameters() if not k.startswith(frozen)]
+    # What the reference can take from the policy's forward pass instead of its own: its h_t when
+    # the whole trunk is frozen and equal to it, its per-frame embeddings when the encoder is.
+    shared = ("trunk" if cfg.train_only == "head" and _frozen_matches(policy, reference, FROZEN["head"]) else
+              "encoder" if cfg.train_only in FROZEN and _frozen_matches(policy, reference, FROZEN["transformer"])
+              else "nothing")  # fmt: skip
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -233,7 +252,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         if keep:
             batch = [wave[i] for i in keep]
             R = torch.tensor(rewards[keep], dtype=torch.float32)
-            metrics = _update(policy, reference, batch, R, opt, params, cfg)
+            metrics = _update(policy, reference, batch, R, opt, params, cfg, shared)
             row.update(metrics)
             row["align/reward_return"] = float(R.mean())
         row["align/seconds"] = time.perf_counter() - t0
@@ -255,41 +274,56 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
 
 
 def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch.Tensor, opt, params,
-            cfg: ReinforceConfig) -> dict[str, float]:  # fmt: skip
+            cfg: ReinforceConfig, shared: str = "nothing") -> dict[str, float]:  # fmt: skip
     policy.train(cfg.train_only != "head")  # dropout only matters where the trunk trains
     b, tmax = len(batch), max(tr.length for tr in batch)
     mask = torch.zeros(b, tmax, dtype=torch.bool)
     actions = torch.zeros(b, tmax, 16, dtype=torch.int64)
+    logp_old = torch.zeros(b, tmax)  # log pi_old(a_t), as the rollout sampled it
     for i, tr in enumerate(batch):
         mask[i, : tr.length] = True
         actions[i, : tr.length] = torch.from_numpy(tr.actions)
+        logp_old[i, : tr.length] = torch.from_numpy(tr.log_prob)
+    frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)  # (B, T, H, W, 3)
+    for i, tr in enumerate(batch):
+        frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
+    z = None
     if cfg.train_only == "head":
         h = torch.zeros(b, tmax, policy.cfg.width)
         for i, tr in enumerate(batch):
             h[i, : tr.length] = torch.from_numpy(tr.h)
-        h_ref = h
+        features = lambda: h  # noqa: E731  (B, T, width), fixed: the trunk is frozen
+    elif cfg.train_only == "transformer":
+        with torch.no_grad():
+            z = policy.encode(frames)  # (B, T, width), frozen: encoded once for every epoch
+        features = lambda: windowed_transformer(policy, z, actions)  # noqa: E731
     else:
-        frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)
-        for i, tr in enumerate(batch):
-            frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
-        h = sliding_window_features(policy, frames, actions)
-        h_ref = None
-    dist = ActionDistribution(policy.head(h), cfg.temperature)
-    logp = dist.log_prob(actions)  # (B, T)
-    returns = discounted_returns(R, mask, cfg.gamma)
-    loss = reinforce_loss(logp, returns, mask, baseline(R, cfg.baseline))
-    kl = torch.zeros(())
+        features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
+    returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
+    base = baseline(R, cfg.baseline)  # (B,)
+    ref = None
     if cfg.beta > 0:
         with torch.no_grad():
-            if h_ref is None:
+            if shared == "trunk":
+                h_ref = h
+            elif shared == "encoder":
+                h_ref = windowed_transformer(reference, z if z is not None else policy.encode(frames), actions)
+            else:
                 h_ref = sliding_window_features(reference, frames, actions)
             ref = ActionDistribution(reference.head(h_ref), cfg.temperature)
-        kl = kl_penalty(dist.kl(ref), mask)
+    for _ in range(cfg.epochs):
+        dist = ActionDistribution(policy.head(features()), cfg.temperature)
+        logp = dist.log_prob(actions)  # (B, T)
+        if cfg.epochs == 1:
+            loss = reinforce_loss(logp, returns, mask, base)
+        else:
+            loss = clipped_surrogate_loss(logp, logp_old, returns, mask, base, cfg.clip)
+        kl = kl_penalty(dist.kl(ref), mask) if ref is not None else torch.zeros(())
         loss = loss + cfg.beta * kl
-    opt.zero_grad()
-    loss.backward()
-    gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    opt.step()
+        opt.zero_grad()
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
     policy.eval()
     steps = mask.sum()
     return {
@@ -297,4 +331,6 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         "align/kl": float(kl.detach()) / max(float(steps) / b, 1.0),  # per step
         "align/entropy": float((dist.entropy().detach() * mask).sum() / steps),
         "align/grad_norm": float(gn),
+        # How far the last epoch's policy moved from the one that sampled the batch.
+        "align/ratio_dev": float(((logp.detach() - logp_old).abs() * mask).sum() / steps),
     }

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from agentalign.models.reward import RewardModel, RewardModelConfig, bt_loss, pad_trajectory
+from agentalign.models.reward import PAD_MODES, RewardModel, RewardModelConfig, bt_loss, pad_trajectory
 from agentalign.prefs import PreferenceSet
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
@@ -46,6 +46,10 @@ class RewardTrainConfig:
     lr: float = 1e-3  # appendix C.3 uses 1e-4 for far more steps; 1e-3 converges within the cap
     weight_decay: float = 0.1  # appendix C.3's L2 penalty, as decoupled weight decay
     random_dim: int = 512  # the random encoder's projection size (appendix C.3)
+    # Padding to the 100-step horizon: "black" (appendix C.3) or "last" (repeat the final frame).
+    # Black frames show any encoder a trajectory's length; "last" hides it, and both encoders lose
+    # a few points with it on SkyGarden (RESULTS.md, "Reward models"), so black stays the default.
+    pad: str = "black"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +58,8 @@ class RewardTrainConfig:
         for name in ("epochs", "epochs_largest", "batch_pairs", "traj_per_step", "max_steps", "random_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {self.pad!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
 
@@ -61,14 +67,14 @@ class RewardTrainConfig:
 # ---- embeddings --------------------------------------------------------------------------------
 
 
-def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100) -> torch.Tensor:
+def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100, pad: str = "black") -> torch.Tensor:
     """Frozen per-step embeddings of store episodes, padded to `horizon`: (N, horizon, E) float32."""
     out = []
     for k in range(0, len(indices), EMBED_BATCH):
         frames, actions = [], []
         for i in indices[k : k + EMBED_BATCH]:
             ep = store.episode(int(i))
-            f, a = pad_trajectory(torch.from_numpy(ep.frames), torch.from_numpy(ep.actions.astype(np.int64)), horizon)
+            f, a = pad_trajectory(torch.from_numpy(ep.frames), torch.from_numpy(ep.actions.astype(np.int64)), horizon, pad)
             frames.append(f)
             actions.append(a)
         out.append(encoder(torch.stack(frames), torch.stack(actions)).float())
@@ -130,7 +136,7 @@ def train_reward_model(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfi
         raise ValueError("no comparisons to train on")
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1]))
+    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1], pad=cfg.pad))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs_largest if n_pairs >= cfg.largest_pairs else cfg.epochs
     steps = min(cfg.max_steps, epochs * math.ceil(n_pairs / cfg.batch_pairs))
@@ -225,11 +231,12 @@ def split_ids(prefs: PreferenceSet, n: int) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def store_embeddings(store, encoder, cache_dir: Path, indices: np.ndarray, key: dict) -> torch.Tensor:
+def store_embeddings(store, encoder, cache_dir: Path, indices: np.ndarray, key: dict, pad: str = "black") -> torch.Tensor:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"embeddings-{encoder.kind}.safetensors"
-    return cached_embeddings(path, {**key, "n": int(len(indices)), "last": int(indices[-1]) if len(indices) else -1},
-                             lambda: embed_trajectories(encoder, store, indices))  # fmt: skip
+    name = encoder.kind if pad == "black" else f"{encoder.kind}-{pad}"
+    key = {**key, "n": int(len(indices)), "last": int(indices[-1]) if len(indices) else -1, "pad": pad}
+    return cached_embeddings(cache_dir / f"embeddings-{name}.safetensors", key,
+                             lambda: embed_trajectories(encoder, store, indices, pad=pad))  # fmt: skip
 
 
 def sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor, P_test: torch.Tensor,
