@@ -124,3 +124,20 @@ def test_diagnose_says_whether_a_policy_uses_its_pixels(smoke_run):
                         str(out / "data_finetune" / "store")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "loss with real frames" in r.stdout and "black frames" in r.stdout
+
+
+def test_a_stage_folder_is_kept_for_its_own_resume_and_cleared_for_another_config(tmp_path):
+    from agentalign.pipeline import _prepare_stage_dir
+
+    d = tmp_path / "pft"
+    _prepare_stage_dir(d, "aaa")
+    (d / "checkpoint").write_text("half way")
+    _prepare_stage_dir(d, "aaa")  # the same stage, interrupted: resume from its checkpoint
+    assert (d / "checkpoint").read_text() == "half way"
+    _prepare_stage_dir(d, "bbb")  # rerun with another config or inputs: start clean
+    assert not (d / "checkpoint").exists() and (d / "stage_started.json").is_file()
+    legacy = tmp_path / "sft"
+    legacy.mkdir()
+    (legacy / "model").write_text("made before stage_started.json existed")
+    _prepare_stage_dir(legacy, "ccc")
+    assert not (legacy / "model").exists()

@@ -70,6 +70,10 @@ class SweepStageConfig:
     seeds: int = 3
     points: int = 6
     encoders: tuple[str, ...] = ("agent", "random")
+    # The sweep trains points x seeds x encoders reward models; these cap each one's cost where the
+    # main reward model's settings are too dear for a CPU (None: the reward stage's value).
+    max_steps: int | None = None
+    traj_per_step: int | None = None
 
 
 # What makes one model size differ from another (appendix E); the rest (image size, context,
@@ -447,6 +451,19 @@ def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
     return todo
 
 
+def _prepare_stage_dir(d: Path, stage_hash: str) -> None:
+    """Keep a stage folder that an interrupted run of this very stage (same config and inputs) left,
+    so it resumes from its checkpoints; clear one that another config or input made (a rerun after
+    `--from` or a change), whose checkpoints would otherwise be refused or, worse, resumed."""
+    started = d / "stage_started.json"
+    if d.exists() and any(d.iterdir()):
+        same = started.is_file() and json.loads(started.read_text()).get("hash") == stage_hash
+        if not same:
+            shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(started, {"hash": stage_hash})
+
+
 def _fmt_time(s: float) -> str:
     return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
 
@@ -479,7 +496,7 @@ def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = 
             echo(f"[{k:>2}/{n}] {s.name:<{width}} done earlier ({_fmt_time(marker['seconds'])})  {s.headline(marker['result'])}")
             continue
         t0 = time.perf_counter()
-        run.dir(s.name).mkdir(parents=True, exist_ok=True)
+        _prepare_stage_dir(run.dir(s.name), run.stage_hash(s.name, memo))
         atomic_write_json(run.dir(s.name) / "stage_config.json", _plain(s.config))
         result = json_safe(s.run(run))
         dt = time.perf_counter() - t0

@@ -161,7 +161,8 @@ def sweep(run: "Run") -> dict:
     s = run.cfg.sweep
     rows = []
     for kind in s.encoders:
-        cfg = replace(run.cfg.reward, encoder=kind)
+        cfg = replace(run.cfg.reward, encoder=kind, max_steps=s.max_steps or run.cfg.reward.max_steps,
+                      traj_per_step=s.traj_per_step or run.cfg.reward.traj_per_step)  # fmt: skip
         _, _, _, _, e_tr, e_te, P_tr, P_te, _ = _embeddings(run, kind, cfg.seed, cfg.random_dim, pad=cfg.pad)
         rows += run_sweep(e_tr, P_tr, e_te, P_te, sweep_subset_sizes(e_tr.shape[0], points=s.points), s.seeds, cfg)
     atomic_write_json(run.dir("sweep") / "sweep.json", {"rows": rows})

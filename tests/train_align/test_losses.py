@@ -11,6 +11,9 @@ def test_baselines():
     assert torch.equal(baseline(r, "none"), torch.zeros(3))
     assert torch.allclose(baseline(r, "mean"), torch.full((3,), 3.0))
     assert torch.allclose(baseline(r, "loo"), torch.tensor([4.0, 3.5, 1.5]))
+    r4 = torch.tensor([1.0, 2.0, 6.0, 10.0])
+    # groups {0, 2} and {1}: 0 and 2 see each other; 1 is alone, so it gets the batch LOO (17/3).
+    assert torch.allclose(baseline(r4, "start", torch.tensor([7, 3, 7, 9])), torch.tensor([6.0, 17 / 3, 1.0, 3.0]))
 
 
 def test_discounted_returns():

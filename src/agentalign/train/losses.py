@@ -12,9 +12,19 @@ import torch
 import torch.nn.functional as F
 
 
-def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo"]) -> torch.Tensor:
-    """(B,) returns -> (B,) baselines: none (0), the batch mean, or leave-one-out (the mean of the
-    other episodes' returns, which keeps the estimator unbiased)."""
+def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo", "start"],
+             groups: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """(B,) returns -> (B,) baselines: none (0), the batch mean, leave-one-out (the mean of the
+    other episodes' returns, which keeps the estimator unbiased), or "start": leave-one-out among
+    the episodes that began in the same start state (`groups` (B,) ints, e.g. the spawn), a baseline
+    b(s_0) like RLOO's samples of one prompt; an episode alone in its group gets the batch's LOO."""
+    if kind == "start":
+        if groups is None:
+            raise ValueError("the 'start' baseline needs each episode's start-state group")
+        same = groups[:, None] == groups[None, :]  # (B, B)
+        n_other = same.sum(1) - 1
+        other = (same.float() @ returns - returns) / n_other.clamp(min=1)
+        return torch.where(n_other > 0, other, baseline(returns, "loo"))
     if kind == "none":
         return torch.zeros_like(returns)
     if kind == "mean":
@@ -24,7 +34,7 @@ def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo"]) -> tor
         if b < 2:
             return torch.zeros_like(returns)
         return (returns.sum() - returns) / (b - 1)
-    raise ValueError(f"unknown baseline {kind!r}; choose none, mean or loo")
+    raise ValueError(f"unknown baseline {kind!r}; choose none, mean, loo or start")
 
 
 def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -11,7 +11,8 @@ The true jump-pad outcome (from the environment's privileged info) is logged bes
 model's return every update and never used for training.
 
 Departures from the paper, all configurable back to it:
-  * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`).
+  * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`); "start"
+    takes the leave-one-out among episodes from the same spawn.
   * β: the paper trains the last layer without KL (`beta=0`, which loads no reference model);
     the standard LLM recipe it cites regularises to the SFT policy, which we default on, small.
   * `train_only`: "head" (the paper: only the MLP after the transformer), "transformer" (the
@@ -63,7 +64,9 @@ class ReinforceConfig:
     train_only: Literal["head", "transformer", "all", "lora"] = "head"  # appendix C.4 trains only the head
     beta: float = 0.02  # KL(pi || pi_SFT) weight; 0 turns it off and loads no reference model
     gamma: float = 1.0  # undiscounted, as the paper
-    baseline: Literal["none", "mean", "loo"] = "loo"  # variance reduction; the paper uses none
+    # Variance reduction; the paper uses none. "start" compares each episode with those from the
+    # same spawn: a spawn far from the target makes every return lower, which is not the policy's doing.
+    baseline: Literal["none", "mean", "loo", "start"] = "loo"
     temperature: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -92,8 +95,8 @@ class ReinforceConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.train_only not in TRAIN_ONLY:
             raise ValueError(f"train_only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
-        if self.baseline not in ("none", "mean", "loo"):
-            raise ValueError(f"baseline must be none, mean or loo, got {self.baseline!r}")
+        if self.baseline not in ("none", "mean", "loo", "start"):
+            raise ValueError(f"baseline must be none, mean, loo or start, got {self.baseline!r}")
 
 
 # ---- LoRA: a few lines instead of a dependency ---------------------------------------------------
@@ -300,7 +303,7 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
     else:
         features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
     returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
-    base = baseline(R, cfg.baseline)  # (B,)
+    base = baseline(R, cfg.baseline, torch.tensor([tr.spawn for tr in batch]))  # (B,)
     ref = None
     if cfg.beta > 0:
         with torch.no_grad():
