@@ -203,6 +203,17 @@ def _frozen_matches(policy: Policy, reference: Policy, prefixes: tuple[str, ...]
     return all(torch.equal(v, ref[k]) for k, v in policy.state_dict().items() if k.startswith(prefixes))
 
 
+def _shared_with_reference(policy: Policy, reference: Policy, train_only: str) -> str:
+    """What the reference can take from the policy's forward pass instead of its own: its h_t when
+    the whole trunk is frozen and equal to it ("trunk"), its per-frame embeddings when the encoder
+    is ("encoder"), else "nothing"."""
+    if train_only == "head" and _frozen_matches(policy, reference, FROZEN["head"]):
+        return "trunk"
+    if train_only in FROZEN and _frozen_matches(policy, reference, FROZEN["transformer"]):
+        return "encoder"
+    return "nothing"
+
+
 def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_dir: str | Path, out_dir: str | Path,
                     cfg: ReinforceConfig, progress=None) -> dict:  # fmt: skip
     """Align the policy at `policy_dir` (the SFT or preference-fine-tuned agent) towards the reward
@@ -226,11 +237,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
     else:
         frozen = FROZEN.get(cfg.train_only, ())
         params = [p for k, p in policy.named_parameters() if not k.startswith(frozen)]
-    # What the reference can take from the policy's forward pass instead of its own: its h_t when
-    # the whole trunk is frozen and equal to it, its per-frame embeddings when the encoder is.
-    shared = ("trunk" if cfg.train_only == "head" and _frozen_matches(policy, reference, FROZEN["head"]) else
-              "encoder" if cfg.train_only in FROZEN and _frozen_matches(policy, reference, FROZEN["transformer"])
-              else "nothing")  # fmt: skip
+    shared = _shared_with_reference(policy, reference, cfg.train_only)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -287,9 +294,11 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         mask[i, : tr.length] = True
         actions[i, : tr.length] = torch.from_numpy(tr.actions)
         logp_old[i, : tr.length] = torch.from_numpy(tr.log_prob)
-    frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)  # (B, T, H, W, 3)
-    for i, tr in enumerate(batch):
-        frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
+    frames = None  # (B, T, H, W, 3) uint8, gathered only where something reads the pixels
+    if cfg.train_only != "head" or (cfg.beta > 0 and shared != "trunk"):
+        frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)
+        for i, tr in enumerate(batch):
+            frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
     z = None
     if cfg.train_only == "head":
         h = torch.zeros(b, tmax, policy.cfg.width)
