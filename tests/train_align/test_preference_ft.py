@@ -17,13 +17,31 @@ def test_select_top_keeps_the_best_fifth():
     assert select_top(scores[:2], 0.2).tolist() == [1]  # at least one
 
 
+def test_select_top_per_spawn_keeps_the_best_of_each_group():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.2, 0.3, 0.8, 0.0, 0.4, 0.6])
+    spawns = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    # Overall the top two are 1 and 6; per spawn, the best of 0..4 (1) and of 5..9 (6), then
+    # at 40 %: 1, 3 from spawn 0 and 6, 9 from spawn 1 - not 1, 6, 3, 9 by score alone.
+    assert select_top(scores, 0.2, spawns).tolist() == [1, 6]
+    assert select_top(scores, 0.4, spawns).tolist() == [1, 3, 6, 9]
+    low = np.array([0.9, 0.8, 0.7, 0.1, 0.2])
+    assert select_top(low, 0.4, np.array([0, 0, 0, 1, 1])).tolist() == [0, 4]  # one from each
+
+
 def test_two_rest_iterations_clone_the_top_trajectories_into_the_head(tiny_stack, tmp_path):
     store_path = tmp_path / "traj"
     record_rollouts(tiny_stack["sft"], store_path, RolloutConfig(episodes=10, seed=0, num_envs=10))
     bc = replace(bc_preset("smoke"), steps=3, train_only="head", lr=1e-2)
-    cfg = PreferenceFTConfig(iterations=2, rollout_episodes=5, bc=bc)
-    summary = preference_finetune(tiny_stack["sft"], tiny_stack["rm"], store_path, np.arange(10), tmp_path / "pft", cfg)
-    assert [r["kept"] for r in summary["rounds"]] == [2, 1]
+    cfg = PreferenceFTConfig(iterations=2, rollout_episodes=8, bc=bc, rank="all")
+    summary = preference_finetune(tiny_stack["sft"], tiny_stack["rm"], store_path, np.arange(5), tmp_path / "pft", cfg)
+    # rank="all" ranks the whole store, not the 5 train ids; the grow step keeps the best of each spawn.
+    fresh = open_store(tmp_path / "pft" / "iter2" / "rollouts")
+    spawns = {fresh.metadata(i)["spawn"] for i in range(len(fresh))}
+    assert len(spawns) > 1  # else "per spawn" would not differ from "overall"
+    assert [r["ranked"] for r in summary["rounds"]] == [10, 8]
+    assert [r["kept"] for r in summary["rounds"]] == [2, len(spawns)]
+    kept = open_store(tmp_path / "pft" / "iter2" / "top")
+    assert {kept.metadata(i)["spawn"] for i in range(len(kept))} == spawns
     assert len(open_store(tmp_path / "pft" / "iter1" / "top")) == 2
     before = Policy.from_pretrained(tiny_stack["sft"]).state_dict()
     after = Policy.from_pretrained(tmp_path / "pft").state_dict()

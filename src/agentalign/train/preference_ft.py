@@ -7,8 +7,12 @@ transformer (appendix C.4: lr 1e-5, 1000 updates of 256 at paper scale; the `pre
 scales that for the CPU).
 
 Iteration 1 ranks the training trajectories the preferences were collected on (the paper's single
-"grow" step). Further iterations — the paper's suggested further work — roll out the current
-policy for fresh trajectories, rank them with the same reward model and clone the best again.
+"grow" step), or with `rank="all"` every rollout of the preference stage: the held-out ones are
+the same policy's samples, only their labels are kept from training, and ranking them costs no
+new rollout (a departure: more clean examples to clone for free). Further iterations — the
+paper's suggested further work — roll out the current policy for fresh trajectories, rank them
+with the same reward model and clone the best again; by default the best of each spawn
+(`grow_per_spawn`), not the best overall.
 
 The reward model's agent encoder is the frozen SFT policy, so every ranking embeds trajectories
 with that policy, whatever the policy being fine-tuned has become.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +40,15 @@ from agentalign.train.reward import embed_trajectories
 @dataclass(frozen=True)
 class PreferenceFTConfig:
     top_fraction: float = 0.2  # appendix C.4: the top 20 % by reward
+    # Iteration 1 ranks the trajectories the preferences were collected on ("train", the paper) or
+    # every rollout of the preference stage ("all": the held-out ones too; their labels are never read).
+    rank: Literal["train", "all"] = "train"
+    # Grow steps (iterations >= 2) keep the top fraction of each spawn's fresh rollouts: best-of-n
+    # per start state, as ReST keeps the best samples per prompt. Ranked overall, the labeller's
+    # taste for short trajectories fills the set with the spawns nearest the target (RESULTS.md,
+    # "Alignment", fourth session). Iteration 1 ranks overall: in the preference stage's set a far
+    # spawn may hold too few target trajectories to fill its share.
+    grow_per_spawn: bool = True
     iterations: int = 1  # ReST grow steps; the paper runs one
     rollout_episodes: int = 400  # fresh trajectories per iteration after the first
     bc: BCConfig = field(default_factory=lambda: bc_preset("preference"))
@@ -47,6 +61,8 @@ class PreferenceFTConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.rollout_episodes < 2:
             raise ValueError(f"rollout_episodes must be >= 2, got {self.rollout_episodes}")
+        if self.rank not in ("train", "all"):
+            raise ValueError(f"rank must be 'train' or 'all', got {self.rank!r}")
 
 
 def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path) -> np.ndarray:
@@ -59,8 +75,13 @@ def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path) -> np.nda
         return model.normalised(emb).numpy()
 
 
-def select_top(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """Positions of the top `fraction` of scores (at least one), best first; ties by position."""
+def select_top(scores: np.ndarray, fraction: float, groups: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the top `fraction` of scores (at least one), best first; ties by position.
+    With `groups` (one label per score), the top fraction of each group, groups in label order."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        return np.concatenate([np.flatnonzero(groups == g)[select_top(scores[groups == g], fraction)]
+                               for g in np.unique(groups)])  # fmt: skip
     k = max(1, int(round(fraction * len(scores))))
     return np.argsort(-scores, kind="stable")[:k]
 
@@ -86,14 +107,18 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
     for it in range(1, cfg.iterations + 1):
         d = out / f"iter{it}"
         if it == 1:
-            store, ids = open_store(trajectories), np.asarray(train_ids)
+            store = open_store(trajectories)
+            ids = np.asarray(train_ids) if cfg.rank == "train" else np.arange(len(store))
         else:
             roll = d / "rollouts"
             record_rollouts(current, roll, RolloutConfig(episodes=cfg.rollout_episodes, seed=cfg.seed + it))
             store = open_store(roll)
             ids = np.arange(len(store))
         scores = score_trajectories(store, ids, reward_dir)
-        top = ids[select_top(scores, cfg.top_fraction)]
+        per_spawn = it > 1 and cfg.grow_per_spawn
+        spawns = np.array([store.metadata(int(i)).get("spawn", -1) for i in ids]) if per_spawn else None
+        chosen = select_top(scores, cfg.top_fraction, spawns)
+        top = ids[chosen]
         _copy_episodes(store, top, d / "top")
         pads = [store.metadata(int(i)).get("jump_pad") for i in top]
         bc = replace(cfg.bc, data=str(d / "top"), seed=cfg.seed + it).with_init(current)
@@ -101,7 +126,7 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
         current = d / "model"
         rounds.append({"iteration": it, "ranked": int(len(ids)), "kept": int(len(top)),
                        "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
-                       "mean_score_all": float(scores.mean()), "mean_score_kept": float(np.sort(scores)[-len(top):].mean())})  # fmt: skip
+                       "mean_score_all": float(scores.mean()), "mean_score_kept": float(scores[chosen].mean())})  # fmt: skip
     policy = Policy.from_pretrained(current)
     policy.save_pretrained(out, stage="preference_ft", parent=str(policy_dir), reward_model=str(reward_dir),
                            iterations=cfg.iterations)  # fmt: skip
