@@ -79,9 +79,8 @@ def select_top(scores: np.ndarray, fraction: float, groups: np.ndarray | None = 
     """Positions of the top `fraction` of scores (at least one), best first; ties by position.
     With `groups` (one label per score), the top fraction of each group, groups in label order."""
     if groups is not None:
-        groups = np.asarray(groups)
-        return np.concatenate([np.flatnonzero(groups == g)[select_top(scores[groups == g], fraction)]
-                               for g in np.unique(groups)])  # fmt: skip
+        members = [np.flatnonzero(groups == g) for g in np.unique(groups)]  # positions of each group
+        return np.concatenate([m[select_top(scores[m], fraction)] for m in members])
     k = max(1, int(round(fraction * len(scores))))
     return np.argsort(-scores, kind="stable")[:k]
 
