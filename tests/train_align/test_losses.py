@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from agentalign.train.losses import (baseline, clipped_surrogate_loss, discounted_returns, dpo_loss, kl_penalty,
+from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, dpo_loss, kl_penalty,
                                      reinforce_loss)
 
 
@@ -14,6 +14,13 @@ def test_baselines():
     r4 = torch.tensor([1.0, 2.0, 6.0, 10.0])
     # groups {0, 2} and {1}: 0 and 2 see each other; 1 is alone, so it gets the batch LOO (17/3).
     assert torch.allclose(baseline(r4, "start", torch.tensor([7, 3, 7, 9])), torch.tensor([6.0, 17 / 3, 1.0, 3.0]))
+
+
+def test_advantage_scale_by_hand():
+    r, b = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.0, 1.0, 2.0])  # advantages 1, 1, 4: std sqrt(3)
+    assert abs(float(advantage_scale(r, b, eps=0.0)) - 1 / math.sqrt(3)) < 1e-6
+    assert abs(float(advantage_scale(r, r, eps=1e-3)) - 1e3) < 1e-3  # no signal: bounded, not infinite
+    assert float(advantage_scale(r[:1], b[:1])) == 1.0  # one episode has no spread
 
 
 def test_discounted_returns():

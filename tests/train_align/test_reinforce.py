@@ -11,10 +11,12 @@ def _params(d):
     return Policy.from_pretrained(d).state_dict()
 
 
-@pytest.mark.parametrize("train_only,epochs", [("head", 1), ("lora", 1), ("head", 3), ("transformer", 2)])
-def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, epochs):
+@pytest.mark.parametrize("train_only,epochs,normalise",
+                         [("head", 1, False), ("lora", 1, False), ("head", 3, False), ("transformer", 2, False),
+                          ("transformer", 1, True)])  # fmt: skip
+def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, epochs, normalise):
     cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, epochs=epochs,
-                          seed=0)  # fmt: skip
+                          normalise=normalise, seed=0)  # fmt: skip
     summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
     assert summary["updates"] == 2 and summary["episodes"] == 8
     before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")

@@ -37,6 +37,18 @@ def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo", "start"
     raise ValueError(f"unknown baseline {kind!r}; choose none, mean, loo or start")
 
 
+def advantage_scale(returns: torch.Tensor, base: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """1 / the batch's standard deviation of per-episode advantages R_i - b_i: (B,), (B,) -> scalar.
+
+    Multiplying the advantages by it keeps the update's size as the policy improves: near the goal
+    most episodes succeed, R - b shrinks, and Adam's long second-moment memory would turn that into
+    ever smaller steps. `eps` keeps a batch of equal returns (no signal) from blowing up."""
+    adv = returns - base
+    if adv.numel() < 2:
+        return torch.ones(())
+    return 1.0 / (adv.std() + eps)
+
+
 def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-step returns when the only reward comes at the end: G_t = gamma^(T-1-t) * R.
 

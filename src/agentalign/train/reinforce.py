@@ -47,7 +47,8 @@ from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_t
                                      windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
 from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
-from agentalign.train.losses import baseline, clipped_surrogate_loss, discounted_returns, kl_penalty, reinforce_loss
+from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, kl_penalty,
+                                     reinforce_loss)
 
 
 TRAIN_ONLY = ("head", "transformer", "all", "lora")
@@ -67,6 +68,9 @@ class ReinforceConfig:
     # Variance reduction; the paper uses none. "start" compares each episode with those from the
     # same spawn: a spawn far from the target makes every return lower, which is not the policy's doing.
     baseline: Literal["none", "mean", "loo", "start"] = "loo"
+    # Divide each batch's advantages by their standard deviation, so the step does not shrink as
+    # the returns grow alike near the goal (the scale LLM RLOO/GRPO recipes use).
+    normalise: bool = False
     temperature: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -313,6 +317,9 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
     returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
     base = baseline(R, cfg.baseline, torch.tensor([tr.spawn for tr in batch]))  # (B,)
+    if cfg.normalise:
+        scale = advantage_scale(R, base)
+        returns, base = returns * scale, base * scale
     ref = None
     if cfg.beta > 0:
         with torch.no_grad():
