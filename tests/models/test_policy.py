@@ -39,6 +39,17 @@ def test_encoding_once_equals_the_full_forward():
     assert torch.allclose(m.head(m.forward_embedded(z, act)), m(obs, act), atol=1e-6)
 
 
+def test_last_only_is_the_full_pass_at_the_last_step():
+    cfg = model_preset("tiny")
+    m = Policy(cfg).train()  # dropout is 0 in the preset: train mode takes the same path the update does
+    obs, act = _batch(cfg, t=7)
+    z = m.encode(obs)
+    full = m.forward_embedded(z, act)  # (2, 7, width)
+    last = m.forward_embedded(z, act, last_only=True)  # (2, 1, width)
+    assert last.shape == (2, 1, cfg.width)
+    assert torch.allclose(last, full[:, -1:], atol=1e-5)
+
+
 def test_distribution_matches_hand_computation():
     logits = torch.zeros(1, N_LOGITS)
     logits[0, 0:2] = torch.tensor([0.0, np.log(3.0)])  # dash: p(1) = 3/4

@@ -166,7 +166,7 @@ def windowed_transformer(policy: Policy, z: torch.Tensor, actions: torch.Tensor)
         idx = torch.arange(1, t - c + 1)[:, None] + torch.arange(c)[None]  # (t-c, c)
         zw = z[:, idx].reshape(b * (t - c), c, -1)
         pw = prev[:, idx].reshape(b * (t - c), c, prev.shape[-1])
-        out.append(policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1))
+        out.append(policy.forward_embedded(zw, pw, last_only=True).reshape(b, t - c, -1))
     return torch.cat(out, 1)
 
 

@@ -1,0 +1,117 @@
+"""Online alignment's speed: the sliding-window transformer with and without `last_only`, and
+online episodes per second of `train_reinforce` on a pipeline run's checkpoints.
+
+What it measures
+  * (a) windows: `windowed_transformer` as REINFORCE uses it (train_only="transformer"): the
+    transformer over every step's 32-step window, forward + backward, for a batch of 16 episodes of
+    150 steps. "full" runs each window's last block on all 32 tokens and keeps the last; "last_only"
+    (shipped) runs the last block on the last token alone. Same weights, same inputs; the ratio
+    full / last_only is the speed-up, and the largest difference between their outputs is printed.
+  * (b) online episodes/s: `train_reinforce` with the cpu preset's alignment settings for
+    `--episodes` episodes from RUN/pft/model, RUN/sft/model and RUN/reward/model (needs a finished
+    `agentalign pipeline --out RUN`; skipped when RUN lacks them).
+Model: `model_preset("cpu")`, seeded random weights for (a). Torch's default threads (all cores).
+
+Each run prints a table and appends one JSON line to benchmarks/results/align_throughput.jsonl
+(unless --no-save).
+
+Run (from the repository root, in the project venv):
+    python benchmarks/align_throughput.py                    # (a), and (b) on runs/cpu if it exists
+    python benchmarks/align_throughput.py --run runs/cpu --episodes 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agentalign.models import Policy, model_preset
+from agentalign.models.reward import windowed_transformer
+
+RESULTS = Path(__file__).parent / "results" / "align_throughput.jsonl"
+
+
+def full_windows(policy: Policy, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The reference: `windowed_transformer` with every window's last block on all its tokens."""
+    b, t = z.shape[:2]
+    c = policy.cfg.context
+    prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)
+    out = [policy.forward_embedded(z[:, :c], prev[:, :c])]
+    idx = torch.arange(1, t - c + 1)[:, None] + torch.arange(c)[None]  # (t-c, c)
+    zw, pw = z[:, idx].reshape(b * (t - c), c, -1), prev[:, idx].reshape(b * (t - c), c, prev.shape[-1])
+    out.append(policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1))
+    return torch.cat(out, 1)
+
+
+def time_fwd_bwd(fn, policy: Policy, z: torch.Tensor, actions: torch.Tensor, repeats: int) -> float:
+    """Median seconds of fn's forward and backward (a sum of the outputs as the loss)."""
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        policy.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        fn(policy, z, actions).sum().backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def windows(episodes: int, steps: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    policy = Policy(model_preset("cpu")).train()
+    z = torch.randn(episodes, steps, policy.cfg.width)  # (B, T, width): the frozen encoder's output
+    actions = torch.zeros(episodes, steps, 16, dtype=torch.int64)
+    with torch.no_grad():
+        diff = float((full_windows(policy, z, actions) - windowed_transformer(policy, z, actions)).abs().max())
+    full = time_fwd_bwd(full_windows, policy, z, actions, repeats)
+    last = time_fwd_bwd(windowed_transformer, policy, z, actions, repeats)
+    return {"episodes": episodes, "steps": steps, "full_s": round(full, 4), "last_only_s": round(last, 4),
+            "speedup": round(full / last, 3), "max_abs_diff": diff}  # fmt: skip
+
+
+def online(run: Path, episodes: int) -> dict | None:
+    from agentalign.train.reinforce import ReinforceConfig, train_reinforce
+
+    if not all((run / s / "model").is_dir() for s in ("pft", "sft", "reward")):
+        return None
+    cfg = ReinforceConfig(target="left", episodes=episodes, batch_episodes=16, lr=2e-4, train_only="transformer",
+                          beta=0.0, baseline="start")  # fmt: skip  (the cpu preset's [align])
+    with tempfile.TemporaryDirectory() as out:
+        s = train_reinforce(run / "pft" / "model", run / "sft" / "model", run / "reward" / "model", out, cfg)
+    return {"run": str(run), "episodes": s["episodes"], "seconds": round(s["seconds"], 2),
+            "episodes_per_s": round(s["episodes"] / s["seconds"], 2)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/cpu"), help="a finished pipeline run folder for (b)")
+    ap.add_argument("--episodes", type=int, default=160, help="online episodes for (b)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    head = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    print(f"{head['date']}  {head['cores']} cores, {head['threads']} torch threads, torch {head['torch']}")
+    w = windows(16, 150, args.repeats)
+    print(f"(a) windows fwd+bwd, 16 x 150 steps: full {w['full_s'] * 1e3:.0f} ms, last_only {w['last_only_s'] * 1e3:.0f} ms"
+          f"  -> {w['speedup']:.2f}x  (max |diff| {w['max_abs_diff']:.1e})")  # fmt: skip
+    o = online(args.run, args.episodes)
+    if o is None:
+        print(f"(b) skipped: {args.run} has no pft/sft/reward models (run `agentalign pipeline --out {args.run}`)")
+    else:
+        print(f"(b) online alignment, {o['episodes']} episodes: {o['seconds']:.1f} s -> {o['episodes_per_s']:.2f} episodes/s")
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps({**head, "windows": w, "online": o}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
