@@ -45,10 +45,18 @@ def test_same_seed_same_result(tiny_stack, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
+    cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=3e-3, schedule="linear", seed=0)
+    train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["align/lr"] for r in rows] == pytest.approx([3e-3, 2e-3, 1e-3])  # 3 updates: 1, 2/3, 1/3
+
+
 def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
                           ({"target": "top"}, "unknown jump pad 'top'"),
-                          ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip")]:  # fmt: skip
+                          ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
+                          ({"schedule": "cosine"}, "schedule")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):
