@@ -18,9 +18,14 @@ def test_baselines():
 
 def test_advantage_scale_by_hand():
     r, b = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.0, 1.0, 2.0])  # advantages 1, 1, 4: std sqrt(3)
-    assert abs(float(advantage_scale(r, b, eps=0.0)) - 1 / math.sqrt(3)) < 1e-6
-    assert abs(float(advantage_scale(r, r, eps=1e-3)) - 1e3) < 1e-3  # no signal: bounded, not infinite
-    assert float(advantage_scale(r[:1], b[:1])) == 1.0  # one episode has no spread
+    assert torch.allclose(advantage_scale(r, b, eps=0.0), torch.full((3,), 1 / math.sqrt(3)))
+    assert torch.allclose(advantage_scale(r, r, eps=1e-3), torch.full((3,), 1e3))  # no signal: bounded
+    assert torch.equal(advantage_scale(r[:1], b[:1]), torch.ones(1))  # one episode has no spread
+    # groups {0, 1}: advantages 1, 1 -> std 0; {2, 3}: 4, 0 -> std sqrt(8); {4} alone: the batch's
+    r5, b5 = torch.tensor([1.0, 2.0, 6.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 2.0, 0.0, 3.0])
+    batch_std = float(torch.tensor([1.0, 1.0, 4.0, 0.0, 0.0]).std())
+    expected = torch.tensor([1 / 0.5, 1 / 0.5, 1 / (math.sqrt(8) + 0.5), 1 / (math.sqrt(8) + 0.5), 1 / (batch_std + 0.5)])
+    assert torch.allclose(advantage_scale(r5, b5, torch.tensor([3, 3, 1, 1, 7]), eps=0.5), expected, atol=1e-6)
 
 
 def test_discounted_returns():

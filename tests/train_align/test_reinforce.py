@@ -12,8 +12,8 @@ def _params(d):
 
 
 @pytest.mark.parametrize("train_only,epochs,normalise",
-                         [("head", 1, False), ("lora", 1, False), ("head", 3, False), ("transformer", 2, False),
-                          ("transformer", 1, True)])  # fmt: skip
+                         [("head", 1, "none"), ("lora", 1, "none"), ("head", 3, "spawn"), ("transformer", 2, "none"),
+                          ("transformer", 1, "batch")])  # fmt: skip
 def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, epochs, normalise):
     cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, epochs=epochs,
                           normalise=normalise, seed=0)  # fmt: skip
@@ -56,7 +56,7 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
                           ({"target": "top"}, "unknown jump pad 'top'"),
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
-                          ({"schedule": "cosine"}, "schedule")]:  # fmt: skip
+                          ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

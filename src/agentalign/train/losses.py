@@ -37,16 +37,30 @@ def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo", "start"
     raise ValueError(f"unknown baseline {kind!r}; choose none, mean, loo or start")
 
 
-def advantage_scale(returns: torch.Tensor, base: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """1 / the batch's standard deviation of per-episode advantages R_i - b_i: (B,), (B,) -> scalar.
+def advantage_scale(returns: torch.Tensor, base: torch.Tensor, groups: torch.Tensor | None = None,
+                    eps: float = 1e-3) -> torch.Tensor:  # fmt: skip
+    """(B,) returns and baselines -> (B,) factors 1 / (std of the advantages R_i - b_i + eps): over
+    the batch, or with `groups` (B,) ints over each episode's group (GRPO's per-prompt scale; an
+    episode alone in its group takes the batch's).
 
-    Multiplying the advantages by it keeps the update's size as the policy improves: near the goal
+    Multiplying the advantages by it keeps the update's size as the policy improves (near the goal
     most episodes succeed, R - b shrinks, and Adam's long second-moment memory would turn that into
-    ever smaller steps. `eps` keeps a batch of equal returns (no signal) from blowing up."""
+    ever smaller steps); per group, a start state whose outcomes differ a little (two pads scored
+    0.8 and 0.65) weighs as much as one where an episode failed outright (scored 0). `eps` keeps a
+    group of equal returns from turning the reward model's noise into signal."""
     adv = returns - base
-    if adv.numel() < 2:
-        return torch.ones(())
-    return 1.0 / (adv.std() + eps)
+    b = adv.shape[0]
+    if b < 2:
+        return torch.ones_like(adv)
+    whole = torch.full_like(adv, float(adv.std()))
+    if groups is None:
+        return 1.0 / (whole + eps)
+    same = (groups[:, None] == groups[None, :]).to(adv.dtype)  # (B, B)
+    n = same.sum(1)
+    mean = same @ adv / n
+    var = (same @ adv**2 / n - mean**2) * n / (n - 1).clamp(min=1)  # each group's unbiased variance
+    std = torch.where(n > 1, var.clamp(min=0).sqrt(), whole)
+    return 1.0 / (std + eps)
 
 
 def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
