@@ -17,6 +17,9 @@ Departures from the paper, all configurable back to it:
     the standard LLM recipe it cites regularises to the SFT policy, which we default on, small.
   * `train_only`: "head" (the paper: only the MLP after the transformer), "transformer" (the
     transformer and the head; the pixel encoder stays frozen), "all" or "lora".
+  * Options the paper does not have, off by default: `normalise` divides the advantages by their
+    standard deviation (over the batch, or per spawn as GRPO does per prompt), `schedule="linear"`
+    decays the lr to 0, and `epochs > 1` reuses each batch with PPO's clipped ratio.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
