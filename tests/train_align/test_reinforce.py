@@ -16,7 +16,7 @@ def _params(d):
                           ("transformer", 1, "batch")])  # fmt: skip
 def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, epochs, normalise):
     cfg = ReinforceConfig(target="left", episodes=8, batch_episodes=4, lr=1e-2, train_only=train_only, epochs=epochs,
-                          normalise=normalise, seed=0)  # fmt: skip
+                          normalise=normalise, entropy_bonus=0.01 if train_only == "lora" else 0.0, seed=0)  # fmt: skip
     summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
     assert summary["updates"] == 2 and summary["episodes"] == 8
     before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
@@ -56,7 +56,8 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
                           ({"target": "top"}, "unknown jump pad 'top'"),
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
-                          ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise")]:  # fmt: skip
+                          ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
+                          ({"entropy_bonus": -0.1}, "entropy_bonus")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

@@ -93,9 +93,14 @@ def clipped_surrogate_loss(logp: torch.Tensor, logp_old: torch.Tensor, returns: 
     return -surrogate.sum(1).mean()
 
 
+def episode_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over episodes of a per-step quantity summed over each episode: (B, T), (B, T) -> scalar."""
+    return (x * mask).sum(1).mean()
+
+
 def kl_penalty(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over episodes of the summed per-step KL(pi || pi_ref): (B, T), (B, T) -> scalar."""
-    return (kl * mask).sum(1).mean()
+    return episode_sum_mean(kl, mask)
 
 
 def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,

@@ -19,7 +19,8 @@ Departures from the paper, all configurable back to it:
     transformer and the head; the pixel encoder stays frozen), "all" or "lora".
   * Options the paper does not have, off by default: `normalise` divides the advantages by their
     standard deviation (over the batch, or per spawn as GRPO does per prompt), `schedule="linear"`
-    decays the lr to 0, and `epochs > 1` reuses each batch with PPO's clipped ratio.
+    decays the lr to 0, `entropy_bonus` rewards exploring, and `epochs > 1` reuses each batch with
+    PPO's clipped ratio.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -50,8 +51,8 @@ from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_t
                                      windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
 from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
-from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, kl_penalty,
-                                     reinforce_loss)
+from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
+                                     episode_sum_mean, kl_penalty, reinforce_loss)
 
 
 TRAIN_ONLY = ("head", "transformer", "all", "lora")
@@ -81,6 +82,9 @@ class ReinforceConfig:
     # Added to each standard deviation: about the spread of the reward model's scores among one
     # spawn's successes on the cpu preset (0.05-0.12), so a group of like outcomes is not amplified.
     normalise_eps: float = 0.05
+    # Weight of an entropy bonus (per-step entropy summed over the episode, like the KL): keeps the
+    # agent trying other routes from the starts where its usual one misses. 0: the paper's.
+    entropy_bonus: float = 0.0
     temperature: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -101,6 +105,8 @@ class ReinforceConfig:
             raise ValueError(f"beta must be >= 0 (0 turns the KL off), got {self.beta}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if self.entropy_bonus < 0:
+            raise ValueError(f"entropy_bonus must be >= 0, got {self.entropy_bonus}")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if not 0 < self.clip < 1:
@@ -361,6 +367,8 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
             loss = clipped_surrogate_loss(logp, logp_old, returns, mask, base, cfg.clip)
         kl = kl_penalty(dist.kl(ref), mask) if ref is not None else torch.zeros(())
         loss = loss + cfg.beta * kl
+        if cfg.entropy_bonus > 0:
+            loss = loss - cfg.entropy_bonus * episode_sum_mean(dist.entropy(), mask)
         opt.zero_grad()
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
