@@ -42,14 +42,7 @@ RESULTS = Path(__file__).parent / "results" / "align_throughput.jsonl"
 
 def full_windows(policy: Policy, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """The reference: `windowed_transformer` with every window's last block on all its tokens."""
-    b, t = z.shape[:2]
-    c = policy.cfg.context
-    prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)
-    out = [policy.forward_embedded(z[:, :c], prev[:, :c])]
-    idx = torch.arange(1, t - c + 1)[:, None] + torch.arange(c)[None]  # (t-c, c)
-    zw, pw = z[:, idx].reshape(b * (t - c), c, -1), prev[:, idx].reshape(b * (t - c), c, prev.shape[-1])
-    out.append(policy.forward_embedded(zw, pw)[:, -1].reshape(b, t - c, -1))
-    return torch.cat(out, 1)
+    return windowed_transformer(policy, z, actions, last_only=False)
 
 
 def time_fwd_bwd(fn, policy: Policy, z: torch.Tensor, actions: torch.Tensor, repeats: int) -> float:

@@ -153,9 +153,10 @@ def sliding_window_features(policy: Policy, frames: torch.Tensor, actions: torch
     return windowed_transformer(policy, policy.encode(frames), actions)
 
 
-def windowed_transformer(policy: Policy, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def windowed_transformer(policy: Policy, z: torch.Tensor, actions: torch.Tensor, last_only: bool = True) -> torch.Tensor:
     """The transformer half of `sliding_window_features`, on per-frame embeddings z (B, T, width)
-    already computed (by a frozen encoder, say): -> h (B, T, width)."""
+    already computed (by a frozen encoder, say): -> h (B, T, width). `last_only=False` runs every
+    window's last block on all its tokens (the same h, slower; the benchmark's reference)."""
     b, t = z.shape[:2]
     c = policy.cfg.context
     prev = torch.cat([actions[:, :1], actions[:, :-1]], 1)  # a_{t-1}; index 0 is BOS anyway
@@ -166,7 +167,7 @@ def windowed_transformer(policy: Policy, z: torch.Tensor, actions: torch.Tensor)
         idx = torch.arange(1, t - c + 1)[:, None] + torch.arange(c)[None]  # (t-c, c)
         zw = z[:, idx].reshape(b * (t - c), c, -1)
         pw = prev[:, idx].reshape(b * (t - c), c, prev.shape[-1])
-        out.append(policy.forward_embedded(zw, pw, last_only=True).reshape(b, t - c, -1))
+        out.append(policy.forward_embedded(zw, pw, last_only=last_only)[:, -1].reshape(b, t - c, -1))
     return torch.cat(out, 1)
 
 

@@ -136,7 +136,7 @@ class PolicyActor:
             self._z[sel, t] = p.encode(obs)  # (A, width): the new frames only
             z = self._z[sel, start : t + 1]  # (A, L, width)
         t1 = time.perf_counter()
-        h = p.forward_embedded(z, self._prev[sel, start : t + 1], last_only=True)[:, 0]  # (A, width); [:, 0] of prev is BOS
+        h = p.forward_embedded(z, self._prev[sel, start : t + 1], last_only=True)[:, 0]  # (A, width): step t; prev[:, 0] is BOS
         logits = p.head(h)  # (A, 68)
         t2 = time.perf_counter()
         actions, logp = sample_from_uniforms(logits, uniforms.to(self.device), self.temperature)
