@@ -54,6 +54,9 @@ def align(
     s = checked(train_reinforce, policy, reference, reward, out, cfg, progress=show)
     typer.echo(f"{out}: {s['episodes']} episodes, {s['updates']} updates in {s['seconds']:.0f} s; "
                f"{target} success over the last batches {100 * s['final_success']:.0f}%")  # fmt: skip
+    if "polish" in s:
+        typer.echo(f"  then cloned the best {s['polish']['kept']} of its last {s['polish']['ranked']} episodes "
+                   f"(pads {s['polish']['kept_pads']})")  # fmt: skip
 
 
 def dpo(

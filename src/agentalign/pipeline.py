@@ -409,7 +409,10 @@ def _pft_line(r: dict) -> str:
 
 
 def _align_line(target: str, r: dict) -> str:
-    return f"{target} success {_pct(r.get('final_success'))} (last 5 batches)"
+    line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)"
+    if "polish" in r:
+        line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
+    return line
 
 
 def _eval_line(r: dict) -> str:

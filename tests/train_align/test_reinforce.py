@@ -1,9 +1,13 @@
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
+from agentalign.data import open_store
 from agentalign.models import Policy
+from agentalign.train.bc import bc_preset
 from agentalign.train.reinforce import ReinforceConfig, train_reinforce
 
 
@@ -37,8 +41,33 @@ def test_a_few_updates_change_what_they_train(tiny_stack, tmp_path, train_only, 
         assert rows[0]["align/ratio_dev"] > 1e-4
 
 
+def test_polish_clones_the_best_of_each_spawn_among_the_last_episodes(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=1e-2, polish_episodes=8, polish_fraction=0.5, polish_bc=bc,
+                          seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    polish = tmp_path / "out" / "polish"
+    kept = open_store(polish / "episodes")
+    assert [kept.metadata(i)["episode_index"] for i in range(len(kept))] == list(range(4, 12))  # the last 8
+    scores = np.array([kept.metadata(i)["reward"] for i in range(len(kept))])
+    spawns = np.array([kept.metadata(i)["spawn"] for i in range(len(kept))])
+    top = open_store(polish / "top")
+    # Half of each spawn's episodes (at least one), the best by the score REINFORCE used.
+    want = sorted(np.sort(scores[spawns == s])[::-1][: max(1, round(0.5 * np.sum(spawns == s)))].tolist()
+                  for s in np.unique(spawns))  # fmt: skip
+    got = sorted(sorted((top.metadata(i)["reward"] for i in range(len(top)) if top.metadata(i)["spawn"] == s),
+                        reverse=True) for s in np.unique(spawns))  # fmt: skip
+    assert got == want  # the same floats: both read from the metadata
+    assert summary["polish"]["kept"] == len(top) and summary["polish"]["ranked"] == 8
+    rl, final = _params(polish / "reinforce"), _params(tmp_path / "out")
+    assert any(not torch.equal(rl[k], final[k]) for k in rl)  # the clone moved the REINFORCE policy
+    assert all(torch.equal(final[k], v) for k, v in _params(polish / "model").items())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["polished"] is True
+
+
 def test_same_seed_same_result(tiny_stack, tmp_path):
-    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, seed=3)
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, seed=3, polish_episodes=4,
+                          polish_bc=replace(bc_preset("smoke"), steps=2, lr=1e-2))  # the polish's BC too
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "a", cfg)
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "b", cfg)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
@@ -57,7 +86,8 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"target": "top"}, "unknown jump pad 'top'"),
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
-                          ({"entropy_bonus": -0.1}, "entropy_bonus")]:  # fmt: skip
+                          ({"entropy_bonus": -0.1}, "entropy_bonus"), ({"episodes": 8, "polish_episodes": 9}, "polish_episodes"),
+                          ({"polish_fraction": 0.0}, "polish_fraction")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

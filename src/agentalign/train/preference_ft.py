@@ -95,6 +95,20 @@ def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
             w.add(src.episode(int(i)))
 
 
+def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, per_spawn: bool, bc: BCConfig,
+               init: str | Path, out: Path, progress: bool = False) -> dict:  # fmt: skip
+    """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
+    spawn's, with `per_spawn`), copy them to `out`/top and clone them from `init` into `out`/model."""
+    spawns = np.array([store.metadata(int(i)).get("spawn", -1) for i in ids]) if per_spawn else None
+    chosen = select_top(scores, fraction, spawns)
+    top = ids[chosen]
+    _copy_episodes(store, top, out / "top")
+    pads = [store.metadata(int(i)).get("jump_pad") for i in top]
+    train_bc(replace(bc, data=str(out / "top")).with_init(init), out / "model", progress=progress)
+    return {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
+            "mean_score_all": float(scores.mean()), "mean_score_kept": float(scores[chosen].mean())}  # fmt: skip
+
+
 def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajectories: str | Path,
                         train_ids: np.ndarray, out_dir: str | Path, cfg: PreferenceFTConfig,
                         progress: bool = False) -> dict:  # fmt: skip
@@ -115,17 +129,10 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
             ids = np.arange(len(store))
         scores = score_trajectories(store, ids, reward_dir)
         per_spawn = it > 1 and cfg.grow_per_spawn
-        spawns = np.array([store.metadata(int(i)).get("spawn", -1) for i in ids]) if per_spawn else None
-        chosen = select_top(scores, cfg.top_fraction, spawns)
-        top = ids[chosen]
-        _copy_episodes(store, top, d / "top")
-        pads = [store.metadata(int(i)).get("jump_pad") for i in top]
-        bc = replace(cfg.bc, data=str(d / "top"), seed=cfg.seed + it).with_init(current)
-        train_bc(bc, d / "model", progress=progress)
+        bc = replace(cfg.bc, seed=cfg.seed + it)
+        rounds.append({"iteration": it, **clone_best(store, ids, scores, cfg.top_fraction, per_spawn, bc, current, d,
+                                                     progress)})  # fmt: skip
         current = d / "model"
-        rounds.append({"iteration": it, "ranked": int(len(ids)), "kept": int(len(top)),
-                       "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
-                       "mean_score_all": float(scores.mean()), "mean_score_kept": float(scores[chosen].mean())})  # fmt: skip
     policy = Policy.from_pretrained(current)
     policy.save_pretrained(out, stage="preference_ft", parent=str(policy_dir), reward_model=str(reward_dir),
                            iterations=cfg.iterations)  # fmt: skip

@@ -21,6 +21,11 @@ Departures from the paper, all configurable back to it:
     standard deviation (over the batch, or per spawn as GRPO does per prompt), `schedule="linear"`
     decays the lr to 0, `entropy_bonus` rewards exploring, and `epochs > 1` reuses each batch with
     PPO's clipped ratio.
+  * `polish_episodes > 0` (off by default) ends the stage with a ReST step on the episodes REINFORCE
+    already played and scored: the best `polish_fraction` of each spawn's among the last
+    `polish_episodes` are cloned into the aligned policy (`preference_ft.clone_best`). REINFORCE
+    moves a route choice only through the rare episodes that explore the other way; cloning the
+    best ones moves it at once.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -36,8 +41,9 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +55,11 @@ from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
 from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features,
                                      windowed_transformer)
-from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
+from agentalign.data import StoreWriter, open_store
+from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, to_episode
+from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
+from agentalign.train.preference_ft import clone_best
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
                                      episode_sum_mean, kl_penalty, reinforce_loss)
 
@@ -93,6 +102,14 @@ class ReinforceConfig:
     # which costs only head passes with train_only="head" (the trunk's outputs are cached).
     epochs: int = 1
     clip: float = 0.2  # PPO's ratio clip, used when epochs > 1
+    # A ReST step on what REINFORCE already paid for: the last `polish_episodes` episodes are kept
+    # with their reward-model scores, and after the last update the best `polish_fraction` of each
+    # spawn's are cloned (`polish_bc`, from the aligned policy). No new episode is played. 0: off.
+    polish_episodes: int = 0
+    polish_fraction: float = 0.2  # as preference fine-tuning's top fraction
+    # As the cpu preset's preference fine-tuning: the whole network at 1e-3 (the head alone moved too little).
+    polish_bc: BCConfig = field(default_factory=lambda: replace(bc_preset("preference"), lr=1e-3, train_only="all",
+                                                                augment=False))  # fmt: skip
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -123,6 +140,10 @@ class ReinforceConfig:
             raise ValueError(f"normalise_eps must be >= 0, got {self.normalise_eps}")
         if self.baseline not in ("none", "mean", "loo", "start"):
             raise ValueError(f"baseline must be none, mean, loo or start, got {self.baseline!r}")
+        if not 0 <= self.polish_episodes <= self.episodes:
+            raise ValueError(f"polish_episodes must lie in [0, episodes = {self.episodes}], got {self.polish_episodes}")
+        if not 0 < self.polish_fraction <= 1:
+            raise ValueError(f"polish_fraction must lie in (0, 1], got {self.polish_fraction}")
 
 
 # ---- LoRA: a few lines instead of a dependency ---------------------------------------------------
@@ -276,11 +297,18 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
                          num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head")  # fmt: skip
     history = []
     done = dropped = 0
+    polish_dir = out / "polish"
+    shutil.rmtree(polish_dir, ignore_errors=True)  # a rerun starts REINFORCE again, so its episodes too
+    kept = StoreWriter(polish_dir / "episodes", image_size=(policy.cfg.image_size,) * 2) if cfg.polish_episodes else None
     t0 = time.perf_counter()
     for update, wave in enumerate(iter_waves(policy, roll)):
         rewards = rewarder(wave)
         keep = [i for i in range(len(wave)) if np.isfinite(rewards[i])]
         dropped += len(wave) - len(keep)
+        if kept is not None:  # the episodes of the last `polish_episodes`, scored, for the ReST step
+            for i in keep:
+                if wave[i].index >= cfg.episodes - cfg.polish_episodes:
+                    kept.add(to_episode(wave[i], reward=float(rewards[i])))
         done += len(wave)
         succ = float(np.mean([tr.jump_pad == cfg.target for tr in wave]))
         row = {"align/episodes": done, "align/success": succ, "align/dropped": dropped,
@@ -305,13 +333,31 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         merge_lora(policy)
     for p in policy.parameters():
         p.requires_grad_(False)
-    policy.save_pretrained(out, stage="align", parent=str(policy_dir), reference=str(reference_dir),
-                           reward_model=str(reward_dir), target=cfg.target, episodes=done)  # fmt: skip
+    info = dict(stage="align", parent=str(policy_dir), reference=str(reference_dir), reward_model=str(reward_dir),
+                target=cfg.target, episodes=done)  # fmt: skip
     log.close()
     summary = {"episodes": done, "updates": len(history), "dropped": dropped, "seconds": time.perf_counter() - t0,
                "final_success": float(np.mean([h["align/success"] for h in history[-5:]])), "target": cfg.target}  # fmt: skip
+    if kept is not None:
+        kept.close()
+        summary["polish"] = polish(policy.save_pretrained(polish_dir / "reinforce", **info), polish_dir, cfg)
+        policy = Policy.from_pretrained(polish_dir / "model")
+        info["polished"] = True
+        summary["seconds"] = time.perf_counter() - t0
+    policy.save_pretrained(out, **info)
     atomic_write_json(out / "align_summary.json", summary)
     return summary
+
+
+def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
+    """Clone the best `cfg.polish_fraction` of each spawn's kept episodes (out/episodes) by the
+    reward model's scores the update used, from the REINFORCE policy: out/top, out/model."""
+    store = open_store(out / "episodes")
+    ids = np.arange(len(store))
+    if not len(ids):
+        raise ValueError(f"no episode with a finite reward among the last {cfg.polish_episodes}: nothing to polish with")
+    scores = np.array([store.metadata(int(i))["reward"] for i in ids])
+    return clone_best(store, ids, scores, cfg.polish_fraction, True, replace(cfg.polish_bc, seed=cfg.seed), reinforced, out)
 
 
 def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch.Tensor, opt, params,
