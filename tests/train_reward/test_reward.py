@@ -45,7 +45,7 @@ def test_preference_matrix_and_training_learn_a_clear_signal():
     model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16))
     after = pairwise_metrics(model(emb).detach(), P)["reward/accuracy"]
     assert after > 0.95 and after > before
-    n = model.normalised(emb)
+    n = model.normalised(emb).detach()
     assert float(n.min()) == 0.0 and float(n.max()) == 1.0
 
 
