@@ -66,6 +66,7 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     assert "total" in stdout
     polish = json.loads((out / "align" / "stage.json").read_text())["result"]["polish"]  # the smoke preset's ReST step
     assert polish["ranked"] == 8 and polish["kept"] >= 1 and "then cloned the best" in stdout
+    assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish" in html
 
 
 def test_rerun_after_kill_redid_no_finished_stage(smoke_run):

@@ -277,6 +277,7 @@ def write_report(run: "Run") -> Path:
         return float(np.mean([r["reward/accuracy"] for r in sel if r["comparisons"] == x]))
 
     # The claims of the paper, ours beside them.
+    polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
     rows = [
         ("Base agent fails (no pad)", frac("eval_base", "none"), "43 %", "fig. 3"),
         ("Base agent, middle pad (the most)", frac("eval_base", "middle"), "37 %", "fig. 3"),
@@ -288,7 +289,7 @@ def write_report(run: "Run") -> Path:
         ("Reward model, random encoder, largest set", sweep_acc("random", "largest"), "far below", "fig. 7"),
         ("Main reward model, held-out accuracy", res.get("reward", {}).get("reward/accuracy"), "—", "§3.5"),
         (f"Preference FT: {target} pad", frac("eval_pft", target), "higher than SFT", "fig. 8/9"),
-        (f"Aligned (PFT + REINFORCE): {target} pad", frac("eval_align", target),
+        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}): {target} pad", frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
     ]
@@ -316,6 +317,10 @@ def write_report(run: "Run") -> Path:
                    else "the true success did not follow: <b>possible reward hacking</b>")  # fmt: skip
         hack = (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last 10 batches), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
+    if polish:
+        hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
+                 f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
+                 f"is of the polished agent.</p>")  # fmt: skip
 
     table = "".join(f"<tr><td>{html.escape(q)}</td><td>{_pct(o)}</td><td>{html.escape(p)}</td><td>{w}</td></tr>"
                     for q, o, p, w in rows)  # fmt: skip
