@@ -51,17 +51,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from agentalign.data import StoreWriter, open_store
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
 from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features,
                                      windowed_transformer)
-from agentalign.data import StoreWriter, open_store
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
-from agentalign.train.preference_ft import clone_best
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
                                      episode_sum_mean, kl_penalty, reinforce_loss)
+from agentalign.train.preference_ft import clone_best
 
 
 TRAIN_ONLY = ("head", "transformer", "all", "lora")
