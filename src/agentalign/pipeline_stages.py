@@ -198,9 +198,7 @@ def online_align(run: "Run", name: str, start: str, reward: str, cfg) -> dict:
     """REINFORCE from stage `start`'s policy towards stage `reward`'s model, regularised to SFT."""
     from agentalign.train.reinforce import train_reinforce
 
-    out = run.dir(name) / "model"
-    if (out / "metrics.jsonl").exists():  # an interrupted run starts again from the beginning
-        (out / "metrics.jsonl").unlink()
+    out = run.dir(name) / "model"  # an interrupted run resumes its polish, or starts REINFORCE again
 
     def show(done, total, row):
         if done % (cfg.batch_episodes * 10) == 0 or done == total:

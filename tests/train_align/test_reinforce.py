@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -63,6 +64,26 @@ def test_polish_clones_the_best_of_each_spawn_among_the_last_episodes(tiny_stack
     assert any(not torch.equal(rl[k], final[k]) for k in rl)  # the clone moved the REINFORCE policy
     assert all(torch.equal(final[k], v) for k, v in _params(polish / "model").items())
     assert json.loads((tmp_path / "out" / "config.json").read_text())["polished"] is True
+
+
+def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2, checkpoint_every=0)
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, seed=0)
+    args = (tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out")
+    first = train_reinforce(*args, cfg)
+    want = _params(tmp_path / "out")
+    # As if killed in the clone: its model and the final checkpoint are gone, REINFORCE's are there.
+    shutil.rmtree(tmp_path / "out" / "polish" / "model")
+    (tmp_path / "out" / "model.safetensors").unlink()
+    calls = []
+    again = train_reinforce(*args, cfg, progress=lambda *a: calls.append(a))
+    assert calls == [] and again["polish"] == first["polish"] and again["final_success"] == first["final_success"]
+    got = _params(tmp_path / "out")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2  # REINFORCE's rows, kept
+    # Another config in the same folder: REINFORCE runs again, its metrics start afresh.
+    train_reinforce(*args, replace(cfg, seed=1), progress=lambda *a: calls.append(a))
+    assert len(calls) == 2 and len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_same_seed_same_result(tiny_stack, tmp_path):

@@ -86,12 +86,12 @@ def select_top(scores: np.ndarray, fraction: float, groups: np.ndarray | None = 
 
 
 def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
-    if (dst / "manifest.json").exists():  # a resumed run: the selection is deterministic
-        if len(open_store(dst)) == len(ids):
-            return
-        raise ValueError(f"{dst} holds another selection; remove it to start this stage again")
+    """Copy store episodes `ids` to a new store at `dst`; a resumed run (the selection is
+    deterministic) continues after the episodes already durable there."""
     with StoreWriter(dst, image_size=src.image_size) as w:
-        for i in ids:
+        if w.num_durable > len(ids):
+            raise ValueError(f"{dst} holds another selection; remove it to start this stage again")
+        for i in ids[w.num_durable :]:
             w.add(src.episode(int(i)))
 
 

@@ -40,10 +40,11 @@ batch shrinks, as in appendix C.4.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -264,10 +265,43 @@ def _shared_with_reference(policy: Policy, reference: Policy, train_only: str) -
 def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_dir: str | Path, out_dir: str | Path,
                     cfg: ReinforceConfig, progress=None) -> dict:  # fmt: skip
     """Align the policy at `policy_dir` (the SFT or preference-fine-tuned agent) towards the reward
-    model, regularised to `reference_dir` (the SFT agent the reward model's encoder is)."""
+    model, regularised to `reference_dir` (the SFT agent the reward model's encoder is), then
+    polish it when `cfg.polish_episodes` > 0.
+
+    A run killed during the polish resumes it: REINFORCE's policy, summary and episodes are on
+    disk by then. Killed during REINFORCE, it starts again from the beginning."""
     out = Path(out_dir)
     reference_dir, reward_dir = Path(reference_dir), Path(reward_dir)
     check_reward_matches(reward_dir, reference_dir)
+    polish_dir = out / "polish"
+    marker = polish_dir / "reinforce_done.json"  # written once REINFORCE's outputs are all on disk
+    key = json.loads(json.dumps({"cfg": asdict(cfg), "policy": str(policy_dir), "reference": str(reference_dir),
+                                 "reward": str(reward_dir)}))  # fmt: skip
+    finished = json.loads(marker.read_text()) if marker.exists() else None
+    if finished is not None and finished["key"] == key:
+        summary, info = finished["summary"], finished["info"]
+    else:
+        shutil.rmtree(polish_dir, ignore_errors=True)  # another run's, or a half-written one
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        policy, summary, info = _reinforce(Path(policy_dir), reference_dir, reward_dir, out, cfg, progress)
+        if not cfg.polish_episodes:
+            policy.save_pretrained(out, **info)
+            atomic_write_json(out / "align_summary.json", summary)
+            return summary
+        policy.save_pretrained(polish_dir / "reinforce", **info)
+        atomic_write_json(marker, {"key": key, "summary": summary, "info": info})
+    t0 = time.perf_counter()
+    summary["polish"] = polish(polish_dir / "reinforce", polish_dir, cfg)
+    summary["seconds"] += time.perf_counter() - t0
+    Policy.from_pretrained(polish_dir / "model").save_pretrained(out, **info, polished=True)
+    atomic_write_json(out / "align_summary.json", summary)
+    return summary
+
+
+def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Path, cfg: ReinforceConfig,
+               progress=None) -> tuple[Policy, dict, dict]:  # fmt: skip
+    """The REINFORCE updates: -> (the aligned policy, a summary, its checkpoint info). With
+    `cfg.polish_episodes`, the last episodes are written to out/polish/episodes as they come."""
     seed_everything(cfg.seed)
     policy = Policy.from_pretrained(policy_dir)
     reference = Policy.from_pretrained(reference_dir).eval()
@@ -297,9 +331,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
                          num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head")  # fmt: skip
     history = []
     done = dropped = 0
-    polish_dir = out / "polish"
-    shutil.rmtree(polish_dir, ignore_errors=True)  # a rerun starts REINFORCE again, so its episodes too
-    kept = StoreWriter(polish_dir / "episodes", image_size=(policy.cfg.image_size,) * 2) if cfg.polish_episodes else None
+    kept = StoreWriter(out / "polish" / "episodes", image_size=(policy.cfg.image_size,) * 2) if cfg.polish_episodes else None
     t0 = time.perf_counter()
     for update, wave in enumerate(iter_waves(policy, roll)):
         rewards = rewarder(wave)
@@ -340,13 +372,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
                "final_success": float(np.mean([h["align/success"] for h in history[-5:]])), "target": cfg.target}  # fmt: skip
     if kept is not None:
         kept.close()
-        summary["polish"] = polish(policy.save_pretrained(polish_dir / "reinforce", **info), polish_dir, cfg)
-        policy = Policy.from_pretrained(polish_dir / "model")
-        info["polished"] = True
-        summary["seconds"] = time.perf_counter() - t0
-    policy.save_pretrained(out, **info)
-    atomic_write_json(out / "align_summary.json", summary)
-    return summary
+    return policy, summary, info
 
 
 def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
