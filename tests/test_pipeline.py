@@ -12,7 +12,7 @@ import time
 import pytest
 
 STAGES = ["data_pretrain", "data_finetune", "pretrain", "sft", "scratch", "eval_base", "eval_sft", "eval_scratch",
-          "rollouts", "prefs", "reward", "sweep", "pft", "align", "dpo", "eval_pft", "eval_align", "eval_dpo"]  # fmt: skip
+          "rollouts", "prefs", "reward", "sweep", "pft", "align", "dpo", "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
 
 
 def _cmd(out, *extra):
@@ -67,6 +67,11 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     polish = json.loads((out / "align" / "stage.json").read_text())["result"]["polish"]  # the smoke preset's ReST step
     assert polish["ranked"] == 8 and polish["kept"] >= 1 and "then cloned the best" in stdout
     assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish" in html
+    # The aligned agent again at the deployment temperature, beside (not instead of) T = 1.
+    deploy, aligned = (json.loads((out / s / "eval.json").read_text()) for s in ("eval_deploy", "eval_align"))
+    assert deploy["config"]["temperature"] == 0.3 and aligned["config"]["temperature"] == 1.0
+    assert deploy["episodes"] == 16 and (out / "eval_deploy" / "heatmap.png").stat().st_size > 1000
+    assert "sampled at T = 0.3 (deployment)" in html and "eval_deploy" in stdout
 
 
 def test_rerun_after_kill_redid_no_finished_stage(smoke_run):
@@ -89,7 +94,9 @@ def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
     assert r.returncode == 2 and "unknown pipeline preset 'huge'" in r.stderr
     r = subprocess.run(_cmd(tmp_path / "z", "--set", "sft.stepz=3"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "sft.stepz" in r.stderr
-    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+    r = subprocess.run(_cmd(tmp_path / "t", "--set", "deploy.temperature=0"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "deploy: temperature must lie in (0, 1]" in r.stderr
+    assert not any((tmp_path / d).exists() for d in ("x", "z", "t"))
 
 
 def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):
@@ -144,3 +151,11 @@ def test_a_stage_folder_is_kept_for_its_own_resume_and_cleared_for_another_confi
     (legacy / "model").write_text("made before stage_started.json existed")
     _prepare_stage_dir(legacy, "ccc")
     assert not (legacy / "model").exists()
+
+
+def test_the_deployment_evaluation_can_be_turned_off():
+    from agentalign.pipeline import Run, load_pipeline_config
+
+    names = lambda *o: [s.name for s in Run("unused", load_pipeline_config("smoke", list(o))).stages]  # noqa: E731
+    assert "eval_deploy" in names() and "eval_deploy" not in names("deploy.temperature=none")
+    assert [n for n in names("deploy.temperature=none") if n != "report"] == [n for n in STAGES if n != "eval_deploy"]

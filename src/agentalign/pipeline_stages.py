@@ -231,6 +231,11 @@ def eval_align(run: "Run") -> dict:
     return evaluation(run, "eval_align", "align")
 
 
+def eval_deploy(run: "Run") -> dict:
+    """The aligned agent again, sampled at the deployment temperature (`deploy.temperature`)."""
+    return evaluation(run, "eval_deploy", "align", run.by_name["eval_deploy"].config)
+
+
 def eval_dpo(run: "Run") -> dict:
     skipped = (run.marker("dpo") or {}).get("result", {}).get("skipped")
     if skipped:
@@ -249,5 +254,6 @@ STAGE_FUNCTIONS = {
     "data_pretrain": data_pretrain, "data_finetune": data_finetune, "pretrain": pretrain, "sft": sft,
     "scratch": scratch, "eval_base": eval_base, "eval_sft": eval_sft, "eval_scratch": eval_scratch,
     "rollouts": rollouts, "prefs": prefs, "reward": reward, "sweep": sweep, "pft": pft, "align": align,
-    "dpo": dpo, "eval_pft": eval_pft, "eval_align": eval_align, "eval_dpo": eval_dpo, "report": report,
+    "dpo": dpo, "eval_pft": eval_pft, "eval_align": eval_align, "eval_dpo": eval_dpo, "eval_deploy": eval_deploy,
+    "report": report,
 }  # fmt: skip

@@ -255,7 +255,7 @@ def write_report(run: "Run") -> Path:
         return r if r and "jump_pads" in r else None
 
     bc = {k: evaluated(k) for k in ("base", "sft", "scratch")}
-    final = {k: evaluated(k) for k in ("sft", "pft", "align", "dpo")}
+    final = {k: evaluated(k) for k in ("sft", "pft", "align", "deploy", "dpo")}
     plot_distributions(bc, PAPER, figs / "bc.png", "Jump pads reached: base, SFT, scratch (figs. 3-5)")
     plot_distributions(final, {}, figs / "final.png", f"Final distributions, aligned to {target} (app. I)")
     align_metrics = read_metrics(run.dir("align") / "model")
@@ -293,6 +293,10 @@ def write_report(run: "Run") -> Path:
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
     ]
+    deploy_t = run.cfg.deploy.temperature
+    if evaluated("deploy"):  # the aligned agent again, sampled as a game would run it
+        rows.insert(-1, (f"Aligned, sampled at T = {deploy_t:g} (deployment): {target} pad", frac("eval_deploy", target),
+                         "— (the paper samples at T = 1)", "§3.4"))  # fmt: skip
     reproduce, reproduce_html = None, ""
     if run.cfg.reproduce.enabled:
         reproduce, more_rows, reproduce_html = _reproduce_section(run, res, figs)
@@ -321,12 +325,16 @@ def write_report(run: "Run") -> Path:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
+    if evaluated("deploy"):
+        hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "
+                 f"distribution sharpened, as an LLM is decoded below its training temperature; the paper's "
+                 f"figures, and the row above it, sample at T = 1.</p>")  # fmt: skip
 
     table = "".join(f"<tr><td>{html.escape(q)}</td><td>{_pct(o)}</td><td>{html.escape(p)}</td><td>{w}</td></tr>"
                     for q, o, p, w in rows)  # fmt: skip
     times = "".join(f"<tr><td>{k}</td><td>{v:.1f} s</td></tr>" for k, v in secs.items() if v is not None)
     heat = "".join(f"<figure>{_img(run.dir(f'eval_{k}') / 'heatmap.png')}<figcaption>{k}</figcaption></figure>"
-                   for k in ("base", "sft", "pft", "align", "dpo", "scratch"))  # fmt: skip
+                   for k in ("base", "sft", "pft", "align", "deploy", "dpo", "scratch") if k != "deploy" or evaluated(k))  # fmt: skip
     videos = ""
     for k in ("sft", "align"):
         for v in sorted((run.dir(f"eval_{k}") / "videos").glob("*.mp4"))[:2]:
