@@ -12,7 +12,7 @@ import time
 import pytest
 
 STAGES = ["data_pretrain", "data_finetune", "pretrain", "sft", "scratch", "eval_base", "eval_sft", "eval_scratch",
-          "rollouts", "prefs", "reward", "sweep", "pft", "align", "dpo", "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
+          "rollouts", "prefs", "reward", "sweep", "pft", "rollouts_pft", "prefs_pft", "reward_pft", "align", "dpo", "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
 
 
 def _cmd(out, *extra):
@@ -67,6 +67,12 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     polish = json.loads((out / "align" / "stage.json").read_text())["result"]["polish"]  # the smoke preset's ReST step
     assert polish["ranked"] == 8 and polish["kept"] >= 1 and "then cloned the best" in stdout
     assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish" in html
+    # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and REINFORCE followed it.
+    rm2 = json.loads((out / "reward_pft" / "model" / "config.json").read_text())
+    rollouts_pft = json.loads((out / "rollouts_pft" / "store" / "manifest.json").read_text())
+    assert rm2["trajectories"] == rollouts_pft["dataset_id"] and rm2["policy"] == str(out / "sft" / "model")
+    assert json.loads((out / "align" / "model" / "config.json").read_text())["reward_model"] == str(out / "reward_pft" / "model")
+    assert "REINFORCE followed the second reward model" in html and "Second reward model" in html
     # The aligned agent again at the deployment temperature, beside (not instead of) T = 1.
     deploy, aligned = (json.loads((out / s / "eval.json").read_text()) for s in ("eval_deploy", "eval_align"))
     assert deploy["config"]["temperature"] == 0.3 and aligned["config"]["temperature"] == 1.0

@@ -5,6 +5,7 @@
                   -> scratch (the paper's baseline) ----> eval_scratch
     sft -> rollouts -> prefs (synthetic, target pad) -> reward (agent encoder) ; sweep (figure 7)
         -> pft (preference fine-tuning) -> align (REINFORCE) -> eval_pft, eval_align, eval_deploy
+           [refresh] pft -> rollouts_pft -> prefs_pft -> reward_pft -> align (a second reward model)
         -> dpo (offline, from the preferences) -> eval_dpo
     [reproduce] prefs_PAD -> reward_PAD_SET -> pft_PAD_SET -> align_PAD_SET_[no]pft_sK -> eval_align_...
                 size_PRESET_{pretrain,sft,scratch,eval_sft,eval_scratch}   (figures 8, 9, 12; app. I)
@@ -71,6 +72,26 @@ class DeployStageConfig:
         t = self.temperature
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
             raise ValueError(f"temperature must lie in (0, 1] or be none, got {t!r}")
+
+
+@dataclass(frozen=True)
+class RefreshStageConfig:
+    """A second reward-model round before online alignment, as appendix A allows ("steps 3-5 can
+    be repeated to generate new preferences"): the preference-fine-tuned agent plays
+    `rollout_episodes` episodes, the same labeller compares `train` of them, and REINFORCE follows
+    the reward model trained on those comparisons (still on the SFT agent's frozen encoder). The
+    first reward model learnt from the SFT agent's play, where the target pad is rare; this one
+    ranks the behaviours alignment actually starts from."""
+
+    enabled: bool = False
+    rollout_episodes: int | None = None  # None: the first round's (prefs.rollout_episodes)
+    train: int | None = None  # labelled for training, the rest held out; None: prefs.train
+    seed_offset: int = 11  # episode seeds apart from the other rollouts' (the pipeline seed + 0, 1, 2)
+
+    def sizes(self, prefs: "PrefsStageConfig") -> tuple[int, int]:
+        """(rollout episodes, training trajectories), the first round's where not set."""
+        return (prefs.rollout_episodes if self.rollout_episodes is None else self.rollout_episodes,
+                prefs.train if self.train is None else self.train)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,6 +177,7 @@ class PipelineConfig:
     reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     sweep: SweepStageConfig = field(default_factory=SweepStageConfig)
     pft: PreferenceFTConfig = field(default_factory=PreferenceFTConfig)
+    refresh: RefreshStageConfig = field(default_factory=RefreshStageConfig)
     align: ReinforceConfig = field(default_factory=ReinforceConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)  # hashed by no main stage
@@ -165,6 +187,10 @@ class PipelineConfig:
         if self.prefs.train >= self.prefs.rollout_episodes - 1:
             raise ValueError(f"prefs.train ({self.prefs.train}) must leave held-out trajectories of the "
                              f"{self.prefs.rollout_episodes} rollouts")  # fmt: skip
+        episodes, train = self.refresh.sizes(self.prefs)
+        if self.refresh.enabled and not 2 <= train < episodes - 1:
+            raise ValueError(f"refresh: train ({train}) must lie in 2..{episodes - 2}: labelled trajectories, "
+                             f"with some of the {episodes} rollouts held out")  # fmt: skip
         r = self.reproduce
         if not r.enabled:
             return
@@ -279,7 +305,9 @@ def _stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F["prefs"], _prefs_line),
         Stage("reward", ("prefs",), cfg.reward, F["reward"], _reward_line),
         Stage("pft", ("reward",), cfg.pft, F["pft"], _pft_line),
-        Stage("align", ("pft",), cfg.align, F["align"], partial(_align_line, cfg.target)),
+        *_refresh_stages(cfg),
+        Stage("align", ("pft", "reward_pft") if cfg.refresh.enabled else ("pft",), cfg.align, F["align"],
+              partial(_align_line, cfg.target)),  # fmt: skip
         Stage("dpo", ("prefs",), cfg.dpo, F["dpo"], lambda r: r.get("skipped") or f"pair accuracy {_pct(r.get('dpo/accuracy'))}"),
         Stage("eval_pft", ("pft",), ev, F["eval_pft"], _eval_line),
         Stage("eval_align", ("align",), ev, F["eval_align"], _eval_line),
@@ -405,6 +433,22 @@ def _reproduce_stages(cfg: PipelineConfig, main: set[str]) -> list[Stage]:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _refresh_stages(cfg: PipelineConfig) -> list[Stage]:
+    from agentalign.pipeline_stages import STAGE_FUNCTIONS as F
+
+    f = cfg.refresh
+    if not f.enabled:
+        return []
+    episodes, train = f.sizes(cfg.prefs)
+    return [
+        Stage("rollouts_pft", ("pft",), {"episodes": episodes, "seed": cfg.seed + f.seed_offset,
+                                         "temperature": cfg.prefs.temperature}, F["rollouts_pft"],
+              lambda r: f"{r['episodes']} trajectories of the fine-tuned agent"),
+        Stage("prefs_pft", ("rollouts_pft",), {"target": cfg.target, "train": train}, F["prefs_pft"], _prefs_line),
+        Stage("reward_pft", ("prefs_pft",), cfg.reward, F["reward_pft"], _reward_line),
+    ]  # fmt: skip
 
 
 def _prefs_config(cfg: PipelineConfig, target: str) -> dict:

@@ -2,7 +2,8 @@
 
 Folders (under the run folder): data_pretrain/, data_finetune/ (stores), pretrain/, sft/, scratch/
 (checkpoints), eval_*/ (eval.json, figures, videos), rollouts/ (the SFT agent's trajectories),
-prefs/prefs.jsonl, reward/, sweep/, pft/, align/, dpo/, and report.html + results.json at the top.
+prefs/prefs.jsonl, reward/, sweep/, pft/, align/, dpo/, and report.html + results.json at the top;
+with `refresh`, rollouts_pft/, prefs_pft/ and reward_pft/ (the second reward-model round).
 With `reproduce`, the same functions (preferences, reward_model, preference_ft, online_align,
 evaluation, behaviour_clone) make its variants' folders from other inputs, named by the stage.
 """
@@ -81,23 +82,28 @@ def eval_scratch(run: "Run") -> dict:
     return evaluation(run, "eval_scratch", "scratch")
 
 
-def rollouts(run: "Run") -> dict:
+def record(run: "Run", name: str, policy: str, episodes: int, seed: int) -> dict:
+    """`episodes` rollouts of stage `policy`'s agent into name/store, for preferences."""
     from agentalign.rollout import RolloutConfig, record_rollouts
 
-    p = run.cfg.prefs
-    r = record_rollouts(run.dir("sft") / "model", _store(run, "rollouts"),
-                        RolloutConfig(episodes=p.rollout_episodes, seed=run.cfg.seed, temperature=p.temperature),
+    r = record_rollouts(run.dir(policy) / "model", _store(run, name),
+                        RolloutConfig(episodes=episodes, seed=seed, temperature=run.cfg.prefs.temperature),
                         size=run.cfg.model.image_size)  # fmt: skip
     return {"episodes": int(r["episodes"]), "new_jump_pads": r["jump_pads"]}
 
 
-def preferences(run: "Run", name: str, target: str) -> dict:
-    """Synthetic preferences for pad `target` over the SFT agent's rollouts, in name/prefs.jsonl."""
+def rollouts(run: "Run") -> dict:
+    return record(run, "rollouts", "sft", run.cfg.prefs.rollout_episodes, run.cfg.seed)
+
+
+def preferences(run: "Run", name: str, target: str, rollouts: str = "rollouts", train: int | None = None) -> dict:
+    """Synthetic preferences for pad `target` over stage `rollouts`'s trajectories (the SFT agent's
+    by default), `train` of them (default prefs.train) labelled for training, in name/prefs.jsonl."""
     from agentalign.data import open_store
     from agentalign.train.reward import synthetic_preferences
 
-    store = open_store(_store(run, "rollouts"))
-    p = synthetic_preferences(store, target, run.cfg.prefs.train)
+    store = open_store(_store(run, rollouts))
+    p = synthetic_preferences(store, target, run.cfg.prefs.train if train is None else train)
     p.save(run.dir(name) / "prefs.jsonl")
     n_tr, n_te = len(p.meta["train_ids"]), len(p.meta["test_ids"])
     return {"train": n_tr, "test": n_te, "train_comparisons": n_tr * (n_tr - 1) // 2,
@@ -108,15 +114,17 @@ def prefs(run: "Run") -> dict:
     return preferences(run, "prefs", run.cfg.target)
 
 
-def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str = "prefs", pad: str = "black"):
-    """Embeddings of all rollout trajectories (train split first) under `kind`, and stage `prefs`'s
-    comparisons. Cached in reward/ for every stage: they depend on the store and encoder only."""
+def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str = "prefs", pad: str = "black",
+                rollouts: str = "rollouts"):  # fmt: skip
+    """Embeddings of all of stage `rollouts`'s trajectories (train split first) under `kind`, and
+    stage `prefs`'s comparisons. Cached in reward/ for every stage: they depend on the store and
+    encoder only."""
     from agentalign.data import open_store
     from agentalign.models.reward import checkpoint_fingerprint, load_encoder
     from agentalign.prefs import PreferenceSet
     from agentalign.train.reward import preference_matrix, split_ids, store_embeddings
 
-    store = open_store(_store(run, "rollouts"))
+    store = open_store(_store(run, rollouts))
     pset = PreferenceSet.load(run.dir(prefs) / "prefs.jsonl")
     sft = run.dir("sft") / "model"
     enc = load_encoder(kind, sft if kind == "agent" else None, store.image_size[0], seed, dim)
@@ -127,16 +135,17 @@ def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str
     return store, pset, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(pset, train), preference_matrix(pset, test), key
 
 
-def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = None) -> dict:
-    """A reward model on the agent encoder from stage `prefs`'s training comparisons: all of them,
-    or (`trajectories`) all pairs of that many random training trajectories; scored on the held-out
-    split."""
+def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = None, rollouts: str = "rollouts") -> dict:
+    """A reward model on the agent encoder from stage `prefs`'s training comparisons (over stage
+    `rollouts`'s trajectories): all of them, or (`trajectories`) all pairs of that many random
+    training trajectories; scored on the held-out split."""
     import torch
 
     from agentalign.train.reward import pairwise_metrics, train_reward_model
 
     cfg = replace(run.cfg.reward, encoder="agent")
-    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim, prefs, cfg.pad)
+    store, pset, train, test, e_tr, e_te, P_tr, P_te, key = _embeddings(run, "agent", cfg.seed, cfg.random_dim, prefs,
+                                                                        cfg.pad, rollouts)  # fmt: skip
     if trajectories is not None:
         rng = np.random.default_rng([cfg.seed, trajectories])
         sub = torch.from_numpy(np.sort(rng.choice(len(train), trajectories, replace=False)))
@@ -210,7 +219,23 @@ def online_align(run: "Run", name: str, start: str, reward: str, cfg) -> dict:
 
 
 def align(run: "Run") -> dict:
-    return online_align(run, "align", "pft", "reward", run.cfg.align)
+    return online_align(run, "align", "pft", "reward_pft" if run.cfg.refresh.enabled else "reward", run.cfg.align)
+
+
+# The refresh: a second reward-model round on the preference-fine-tuned agent's own rollouts.
+
+
+def rollouts_pft(run: "Run") -> dict:
+    f = run.cfg.refresh
+    return record(run, "rollouts_pft", "pft", f.sizes(run.cfg.prefs)[0], run.cfg.seed + f.seed_offset)
+
+
+def prefs_pft(run: "Run") -> dict:
+    return preferences(run, "prefs_pft", run.cfg.target, "rollouts_pft", run.cfg.refresh.sizes(run.cfg.prefs)[1])
+
+
+def reward_pft(run: "Run") -> dict:
+    return reward_model(run, "reward_pft", "prefs_pft", rollouts="rollouts_pft")
 
 
 def dpo(run: "Run") -> dict:
@@ -255,5 +280,5 @@ STAGE_FUNCTIONS = {
     "scratch": scratch, "eval_base": eval_base, "eval_sft": eval_sft, "eval_scratch": eval_scratch,
     "rollouts": rollouts, "prefs": prefs, "reward": reward, "sweep": sweep, "pft": pft, "align": align,
     "dpo": dpo, "eval_pft": eval_pft, "eval_align": eval_align, "eval_dpo": eval_dpo, "eval_deploy": eval_deploy,
-    "report": report,
+    "rollouts_pft": rollouts_pft, "prefs_pft": prefs_pft, "reward_pft": reward_pft, "report": report,
 }  # fmt: skip

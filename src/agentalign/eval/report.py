@@ -288,6 +288,8 @@ def write_report(run: "Run") -> Path:
         ("Reward model, agent encoder, largest set", sweep_acc("agent", "largest"), "~100 %", "fig. 7"),
         ("Reward model, random encoder, largest set", sweep_acc("random", "largest"), "far below", "fig. 7"),
         ("Main reward model, held-out accuracy", res.get("reward", {}).get("reward/accuracy"), "—", "§3.5"),
+        *([("Second reward model (fine-tuned agent's rollouts), held-out accuracy",
+            res["reward_pft"].get("reward/accuracy"), "—", "app. A")] if res.get("reward_pft") else []),  # fmt: skip
         (f"Preference FT: {target} pad", frac("eval_pft", target), "higher than SFT", "fig. 8/9"),
         (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}): {target} pad", frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
@@ -319,7 +321,9 @@ def write_report(run: "Run") -> Path:
         s1 = np.mean([m["align/success"] for m in align_metrics[-10:]])
         verdict = ("the true success rose with it: no sign of reward hacking" if s1 > s0 + 0.05 or s1 > 0.9
                    else "the true success did not follow: <b>possible reward hacking</b>")  # fmt: skip
-        hack = (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last 10 batches), "
+        hack = ("<p>REINFORCE followed the second reward model, trained on comparisons of the preference-fine-tuned "
+                "agent's own rollouts.</p>" if res.get("reward_pft") else "")  # fmt: skip
+        hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last 10 batches), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
     if polish:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
