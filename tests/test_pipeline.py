@@ -12,7 +12,8 @@ import time
 import pytest
 
 STAGES = ["data_pretrain", "data_finetune", "pretrain", "sft", "scratch", "eval_base", "eval_sft", "eval_scratch",
-          "rollouts", "prefs", "reward", "sweep", "pft", "rollouts_pft", "prefs_pft", "reward_pft", "align", "dpo", "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
+          "rollouts", "prefs", "reward", "sweep", "pft", "rollouts_pft", "prefs_pft", "reward_pft", "align", "dpo",
+          "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
 
 
 def _cmd(out, *extra):

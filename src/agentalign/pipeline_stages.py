@@ -118,7 +118,7 @@ def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str
                 rollouts: str = "rollouts"):  # fmt: skip
     """Embeddings of all of stage `rollouts`'s trajectories (train split first) under `kind`, and
     stage `prefs`'s comparisons. Cached in reward/ for every stage: they depend on the store and
-    encoder only."""
+    encoder only (each store in its own folder, so the two rounds do not evict each other)."""
     from agentalign.data import open_store
     from agentalign.models.reward import checkpoint_fingerprint, load_encoder
     from agentalign.prefs import PreferenceSet
@@ -131,7 +131,8 @@ def _embeddings(run: "Run", kind: str, seed: int = 0, dim: int = 512, prefs: str
     key = {"store": store.dataset_id, "encoder": kind, "policy": checkpoint_fingerprint(sft) if kind == "agent" else None,
            "seed": seed, "dim": dim}  # fmt: skip
     train, test = split_ids(pset, len(store))
-    emb = store_embeddings(store, enc, run.dir("reward") / "cache", np.concatenate([train, test]), key, pad)
+    cache = run.dir("reward") / ("cache" if rollouts == "rollouts" else f"cache_{rollouts}")
+    emb = store_embeddings(store, enc, cache, np.concatenate([train, test]), key, pad)
     return store, pset, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(pset, train), preference_matrix(pset, test), key
 
 
