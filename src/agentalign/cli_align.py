@@ -57,6 +57,9 @@ def align(
     if "polish" in s:
         typer.echo(f"  then cloned the best {s['polish']['kept']} of its last {s['polish']['ranked']} episodes "
                    f"(pads {s['polish']['kept_pads']})")  # fmt: skip
+    if "sharpen" in s:
+        typer.echo(f"  then played {s['sharpen']['ranked']} episodes at T = {s['sharpen']['temperature']:g} and cloned "
+                   f"the best {s['sharpen']['kept']} (pads {s['sharpen']['kept_pads']})")  # fmt: skip
 
 
 def dpo(

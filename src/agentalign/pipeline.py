@@ -475,6 +475,8 @@ def _align_line(target: str, r: dict) -> str:
     line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)"
     if "polish" in r:
         line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
+    if "sharpen" in r:
+        line += f", and the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
     return line
 
 

@@ -9,6 +9,7 @@ import torch
 from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
+from agentalign.train.preference_ft import score_trajectories
 from agentalign.train.reinforce import ReinforceConfig, train_reinforce
 
 
@@ -66,6 +67,26 @@ def test_polish_clones_the_best_of_each_spawn_among_the_last_episodes(tiny_stack
     assert json.loads((tmp_path / "out" / "config.json").read_text())["polished"] is True
 
 
+def test_sharpen_clones_the_best_of_fresh_low_temperature_episodes(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, sharpen_episodes=6,
+                          sharpen_temperature=0.3, polish_fraction=0.5, seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    d = tmp_path / "out" / "polish" / "sharpen"
+    played = open_store(d / "episodes")
+    assert len(played) == 6 and {played.metadata(i)["temperature"] for i in range(6)} == {0.3}
+    # Scored afresh by the reward model; half of each spawn's kept, the best first.
+    scores = score_trajectories(played, np.arange(6), tiny_stack["rm"])
+    spawns = np.array([played.metadata(i)["spawn"] for i in range(6)])
+    assert np.isfinite(scores).all()
+    top = open_store(d / "top")
+    assert summary["sharpen"]["kept"] == len(top) == sum(max(1, round(0.5 * np.sum(spawns == s))) for s in np.unique(spawns))
+    assert summary["sharpen"]["ranked"] == 6 and summary["sharpen"]["temperature"] == 0.3
+    polished, final = _params(tmp_path / "out" / "polish" / "model"), _params(tmp_path / "out")
+    assert any(not torch.equal(polished[k], final[k]) for k in polished)  # cloned from the polished policy
+    assert all(torch.equal(final[k], v) for k, v in _params(d / "model").items())
+
+
 def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2, checkpoint_every=0)
     cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, seed=0)
@@ -108,7 +129,8 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
                           ({"entropy_bonus": -0.1}, "entropy_bonus"), ({"episodes": 8, "polish_episodes": 9}, "polish_episodes"),
-                          ({"polish_fraction": 0.0}, "polish_fraction")]:  # fmt: skip
+                          ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
+                          ({"sharpen_temperature": 0.0}, "sharpen_temperature")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

@@ -278,6 +278,7 @@ def write_report(run: "Run") -> Path:
 
     # The claims of the paper, ours beside them.
     polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
+    sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
     rows = [
         ("Base agent fails (no pad)", frac("eval_base", "none"), "43 %", "fig. 3"),
         ("Base agent, middle pad (the most)", frac("eval_base", "middle"), "37 %", "fig. 3"),
@@ -291,7 +292,8 @@ def write_report(run: "Run") -> Path:
         *([("Second reward model (fine-tuned agent's rollouts), held-out accuracy",
             res["reward_pft"].get("reward/accuracy"), "—", "app. A")] if res.get("reward_pft") else []),  # fmt: skip
         (f"Preference FT: {target} pad", frac("eval_pft", target), "higher than SFT", "fig. 8/9"),
-        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}): {target} pad", frac("eval_align", target),
+        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}): {target} pad",
+         frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
     ]
@@ -329,6 +331,10 @@ def write_report(run: "Run") -> Path:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
+    if sharpened:
+        hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
+                 f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "
+                 f"policy; these episodes are online episodes beyond alignment's own.</p>")  # fmt: skip
     if evaluated("deploy"):
         hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "
                  f"distribution sharpened, as an LLM is decoded below its training temperature; the paper's "
