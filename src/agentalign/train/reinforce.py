@@ -280,10 +280,10 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
                     cfg: ReinforceConfig, progress=None) -> dict:  # fmt: skip
     """Align the policy at `policy_dir` (the SFT or preference-fine-tuned agent) towards the reward
     model, regularised to `reference_dir` (the SFT agent the reward model's encoder is), then
-    polish it when `cfg.polish_episodes` > 0.
+    polish it when `cfg.polish_episodes` > 0 and sharpen it when `cfg.sharpen_episodes` > 0.
 
-    A run killed during the polish resumes it: REINFORCE's policy, summary and episodes are on
-    disk by then. Killed during REINFORCE, it starts again from the beginning."""
+    A run killed during the polish or the sharpen resumes them: REINFORCE's policy, summary and
+    episodes are on disk by then. Killed during REINFORCE, it starts again from the beginning."""
     out = Path(out_dir)
     reference_dir, reward_dir = Path(reference_dir), Path(reward_dir)
     check_reward_matches(reward_dir, reference_dir)
