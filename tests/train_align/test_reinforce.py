@@ -70,7 +70,7 @@ def test_polish_clones_the_best_of_each_spawn_among_the_last_episodes(tiny_stack
 def test_sharpen_clones_the_best_of_fresh_low_temperature_episodes(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
     cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, sharpen_episodes=6,
-                          sharpen_temperature=0.3, polish_fraction=0.5, seed=0)  # fmt: skip
+                          sharpen_temperature=0.3, polish_fraction=0.25, sharpen_fraction=0.5, seed=0)  # fmt: skip
     summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
     d = tmp_path / "out" / "polish" / "sharpen"
     played = open_store(d / "episodes")
@@ -130,7 +130,7 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
                           ({"entropy_bonus": -0.1}, "entropy_bonus"), ({"episodes": 8, "polish_episodes": 9}, "polish_episodes"),
                           ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
-                          ({"sharpen_temperature": 0.0}, "sharpen_temperature")]:  # fmt: skip
+                          ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

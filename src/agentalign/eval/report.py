@@ -279,6 +279,7 @@ def write_report(run: "Run") -> Path:
     # The claims of the paper, ours beside them.
     polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
     sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
+    online = res.get("align", {}).get("episodes", 0) + (sharpened["ranked"] if sharpened else 0)  # REINFORCE's + the sharpen's
     rows = [
         ("Base agent fails (no pad)", frac("eval_base", "none"), "43 %", "fig. 3"),
         ("Base agent, middle pad (the most)", frac("eval_base", "middle"), "37 %", "fig. 3"),
@@ -292,7 +293,8 @@ def write_report(run: "Run") -> Path:
         *([("Second reward model (fine-tuned agent's rollouts), held-out accuracy",
             res["reward_pft"].get("reward/accuracy"), "—", "app. A")] if res.get("reward_pft") else []),  # fmt: skip
         (f"Preference FT: {target} pad", frac("eval_pft", target), "higher than SFT", "fig. 8/9"),
-        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}): {target} pad",
+        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}, "
+         f"{online:,} online episodes): {target} pad",
          frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
