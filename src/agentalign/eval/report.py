@@ -336,7 +336,7 @@ def write_report(run: "Run") -> Path:
     if sharpened:
         hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
                  f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "
-                 f"policy; these episodes are online episodes beyond alignment's own.</p>")  # fmt: skip
+                 f"policy; these are online episodes beyond REINFORCE's own, counted in the aligned row above.</p>")  # fmt: skip
     if evaluated("deploy"):
         hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "
                  f"distribution sharpened, as an LLM is decoded below its training temperature; the paper's "
