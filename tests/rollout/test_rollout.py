@@ -16,6 +16,7 @@ from agentalign.rollout import (
     RolloutConfig,
     RolloutStats,
     UNIFORM_LOG_PROB,
+    iter_waves,
     rollout,
     sample_from_uniforms,
 )
@@ -85,6 +86,22 @@ def test_same_seed_same_trajectories_other_seed_other_ones(policy, cached):
     assert {t.spawn for t in first + other} > {0} and all(t.character == "ninja" for t in first)
     for t in first:
         np.testing.assert_allclose(t.pos[0], W.SPAWNS[t.spawn])
+
+
+def test_a_caller_picks_each_waves_spawns(policy, cached):
+    first, _ = cached
+    asked = []
+
+    def spawn_of(episodes):
+        asked.append(list(episodes))
+        return [3 - k % 4 for k in episodes]
+
+    picked = [t for wave in iter_waves(PolicyActor(policy), CFG, spawn_of=spawn_of) for t in wave]
+    assert asked == [[0, 1, 2], [3, 4]]  # once per wave, before it (CFG: 5 episodes, 3 envs)
+    assert [t.spawn for t in picked] == [3, 2, 1, 0, 3]
+    for t, t0 in zip(picked, first):
+        np.testing.assert_allclose(t.pos[0], W.SPAWNS[t.spawn])
+        assert t.yaw[0] == t0.yaw[0]  # the spawn drawn anyway: the yaw jitter's stream is unchanged
 
 
 def test_temperature_changes_the_sampling_not_the_policy(policy, cached):

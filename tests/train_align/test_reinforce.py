@@ -10,7 +10,7 @@ from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
-from agentalign.train.reinforce import ReinforceConfig, train_reinforce
+from agentalign.train.reinforce import ReinforceConfig, SpawnPriority, train_reinforce
 
 
 def _params(d):
@@ -116,6 +116,33 @@ def test_same_seed_same_result(tiny_stack, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_spawn_priority_favours_the_spawns_whose_returns_disagree():
+    prio = SpawnPriority(share=0.5, seed=0)
+    np.testing.assert_allclose(prio.probs(), 0.25)  # nothing scored yet: uniform
+    # Spawn 0: alike returns; spawn 1: two routes; spawn 2: a wall miss; spawn 3: a single episode.
+    prio.update(np.array([0, 0, 1, 1, 2, 2, 3]), np.array([0.9, 0.9, 0.8, 0.4, 0.9, 0.0, 0.1]))
+    np.testing.assert_allclose(prio.score[:3], [0.0, 0.2, 0.45])
+    p = prio.probs()  # spawn 3 is unscored: it takes the highest score, 0.45
+    np.testing.assert_allclose(p, 0.125 + 0.5 * np.array([0.0, 0.2, 0.45, 0.45]) / 1.1)
+    prio.update(np.array([1, 1]), np.array([0.8, 0.8]))  # spawn 1 agrees now: its score decays
+    assert prio.score[1] == pytest.approx(0.8 * 0.2)
+    draws = np.array(prio(list(range(4000))))
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, prio.probs(), atol=0.03)
+    assert SpawnPriority(0.5, seed=0)(list(range(8))) == SpawnPriority(0.5, seed=0)(list(range(8)))
+
+
+def test_spawn_priority_draws_the_spawns_of_the_episodes(tiny_stack, tmp_path):
+    cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=1e-2, spawn_priority=1.0, seed=0)
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "a", cfg)
+    assert summary["updates"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # every update logs the next batch's spawn probabilities
+        assert sum(r[f"align/spawn{k}_p"] for k in range(4)) == pytest.approx(1.0)
+    train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "b", cfg)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
     cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=3e-3, schedule="linear", seed=0)
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
@@ -130,7 +157,8 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
                           ({"entropy_bonus": -0.1}, "entropy_bonus"), ({"episodes": 8, "polish_episodes": 9}, "polish_episodes"),
                           ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
-                          ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction")]:  # fmt: skip
+                          ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction"),
+                          ({"spawn_priority": -0.1}, "spawn_priority")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

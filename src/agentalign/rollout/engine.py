@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -169,10 +169,12 @@ def as_actor(policy_or_actor, cfg: RolloutConfig) -> Actor:
     return actor
 
 
-def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None) -> Iterator[list[Trajectory]]:
+def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None,
+               spawn_of: Callable[[list[int]], Sequence[int]] | None = None) -> Iterator[list[Trajectory]]:  # fmt: skip
     """Run `cfg.episodes` episodes, `cfg.num_envs` at a time; yield each wave's trajectories in
     episode order. Memory is bounded by one wave. Inference mode holds within a wave only, so a
-    caller may train between waves."""
+    caller may train between waves. `spawn_of(episode indices)`, called before each wave, picks
+    their spawns instead of `cfg.spawn` (a caller's curriculum over start states)."""
     actor = as_actor(policy_or_actor, cfg)
     size = int(actor.image_size)
     if size < 16:
@@ -183,7 +185,8 @@ def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None =
     stats = stats if stats is not None else RolloutStats()
     end = cfg.first_episode + cfg.episodes
     for start in range(cfg.first_episode, end, n_envs):
-        yield _run_wave(batch, actor, cfg, list(range(start, min(start + n_envs, end))), stats)
+        episodes = list(range(start, min(start + n_envs, end)))
+        yield _run_wave(batch, actor, cfg, episodes, stats, spawn_of(episodes) if spawn_of else cfg.spawn)
 
 
 def rollout(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None,
@@ -198,21 +201,21 @@ def rollout(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = No
 
 
 def _run_wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[int],
-              stats: RolloutStats) -> list[Trajectory]:  # fmt: skip
+              stats: RolloutStats, spawn: int | Sequence[int] | None) -> list[Trajectory]:  # fmt: skip
     policy = getattr(actor, "policy", None)
     was_training = policy.training if policy is not None else False
     if policy is not None:
         policy.eval()
     try:
         with torch.inference_mode():
-            return _wave(batch, actor, cfg, episodes, stats)
+            return _wave(batch, actor, cfg, episodes, stats, spawn)
     finally:
         if policy is not None:
             policy.train(was_training)
 
 
 def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[int],
-          stats: RolloutStats) -> list[Trajectory]:  # fmt: skip
+          stats: RolloutStats, spawn: int | Sequence[int] | None) -> list[Trajectory]:  # fmt: skip
     wave_t0 = time.perf_counter()
     n, S, N = len(episodes), cfg.max_steps, batch.n
     rows = np.arange(n)
@@ -221,7 +224,7 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
 
     t0 = time.perf_counter()
     batch.seed_rows(rows, [s[0] for s in seeds])
-    batch.reset_rows(rows, spawn=cfg.spawn, character=cfg.character)
+    batch.reset_rows(rows, spawn=spawn, character=cfg.character)
     batch.render(rows)
     stats.env_s += time.perf_counter() - t0
     # Each episode's whole random stream up front: (n, S, 16), row i from its own generator.

@@ -92,6 +92,12 @@ class ReinforceConfig:
     # much as one with a failure in it. "batch" ended at 89.0 / 84.0 % left on the cpu preset
     # (seeds 0 / 1) against 93.0 / 83.2 % with "none".
     normalise: Literal["none", "batch", "spawn"] = "none"
+    # Start-state prioritisation (Prioritized Level Replay, Jiang et al. 2021, over the spawns): this
+    # share of each batch's spawns is drawn in proportion to each spawn's recent spread of returns
+    # (`SpawnPriority`), the rest uniformly. REINFORCE flips a route only through the episodes from
+    # the spawn where the agent is torn; more of them there is more signal where it is missing.
+    # 0: uniform spawns, the paper's.
+    spawn_priority: float = 0.0
     # Added to each standard deviation: about the spread of the reward model's scores among one
     # spawn's successes on the cpu preset (0.05-0.12), so a group of like outcomes is not amplified.
     normalise_eps: float = 0.05
@@ -150,6 +156,8 @@ class ReinforceConfig:
             raise ValueError(f"schedule must be constant or linear, got {self.schedule!r}")
         if self.normalise not in ("none", "batch", "spawn"):
             raise ValueError(f"normalise must be none, batch or spawn, got {self.normalise!r}")
+        if not 0 <= self.spawn_priority <= 1:
+            raise ValueError(f"spawn_priority must lie in [0, 1] (0: uniform spawns), got {self.spawn_priority}")
         if self.normalise_eps < 0:
             raise ValueError(f"normalise_eps must be >= 0, got {self.normalise_eps}")
         if self.baseline not in ("none", "mean", "loo", "start"):
@@ -164,6 +172,39 @@ class ReinforceConfig:
             raise ValueError(f"sharpen_temperature must lie in (0, 1], got {self.sharpen_temperature}")
         if not 0 < self.sharpen_fraction <= 1:
             raise ValueError(f"sharpen_fraction must lie in (0, 1], got {self.sharpen_fraction}")
+
+
+class SpawnPriority:
+    """Draws the spawns of each batch: a share `share` from P(s) ∝ score_s, the rest uniformly.
+    score_s is an exponential average of the standard deviation of the reward model's returns
+    among spawn s's episodes of a batch: high where the agent's episodes still disagree (two
+    routes, or a route and a wall), near 0 where they are all alike. A spawn not yet scored
+    takes the highest score, so each is tried early (PLR's staleness, simplified)."""
+
+    EMA = 0.8  # about the last five batches: a route shifts over tens of updates, not one
+
+    def __init__(self, share: float, seed: int, n_spawns: int = len(W.SPAWNS)):
+        self.share = share
+        self.rng = np.random.default_rng([seed, 0x5BA])  # its own stream: the episodes' seeds stay as they were
+        self.score = np.full(n_spawns, np.nan)  # (S,)
+
+    def probs(self) -> np.ndarray:
+        """(S,) the probability of each spawn for the next episode."""
+        seen = ~np.isnan(self.score)
+        s = np.where(seen, self.score, self.score[seen].max() if seen.any() else 1.0)
+        prioritised = s / s.sum() if s.sum() > 0 else np.full(len(s), 1 / len(s))
+        return (1 - self.share) / len(s) + self.share * prioritised
+
+    def __call__(self, episodes: list[int]) -> list[int]:
+        return self.rng.choice(len(self.score), size=len(episodes), p=self.probs()).tolist()
+
+    def update(self, spawns: np.ndarray, returns: np.ndarray) -> None:
+        """spawns, returns: (B,) of one batch; a spawn with fewer than 2 episodes keeps its score."""
+        for k in np.unique(spawns):
+            r = returns[spawns == k]
+            if len(r) > 1:
+                old = self.score[k]
+                self.score[k] = r.std() if np.isnan(old) else self.EMA * old + (1 - self.EMA) * r.std()
 
 
 # ---- LoRA: a few lines instead of a dependency ---------------------------------------------------
@@ -357,10 +398,13 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
     history = []
     done = dropped = 0
     kept = StoreWriter(out / "polish" / "episodes", image_size=(policy.cfg.image_size,) * 2) if cfg.polish_episodes else None
+    prio = SpawnPriority(cfg.spawn_priority, cfg.seed) if cfg.spawn_priority > 0 else None
     t0 = time.perf_counter()
-    for update, wave in enumerate(iter_waves(policy, roll)):
+    for update, wave in enumerate(iter_waves(policy, roll, spawn_of=prio)):
         rewards = rewarder(wave)
         keep = [i for i in range(len(wave)) if np.isfinite(rewards[i])]
+        if prio is not None:
+            prio.update(np.array([wave[i].spawn for i in keep], dtype=np.int64), rewards[keep])
         dropped += len(wave) - len(keep)
         if kept is not None:  # the episodes of the last `polish_episodes`, scored, for the ReST step
             for i in keep:
@@ -373,6 +417,8 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
         for name in W.PAD_NAMES:
             row[f"align/pad_{name}"] = float(np.mean([tr.jump_pad == name for tr in wave]))
         row["align/pad_none"] = float(np.mean([tr.jump_pad == "none" for tr in wave]))
+        if prio is not None:
+            row.update({f"align/spawn{k}_p": float(p) for k, p in enumerate(prio.probs())})
         if keep:
             batch = [wave[i] for i in keep]
             R = torch.tensor(rewards[keep], dtype=torch.float32)
