@@ -5,6 +5,7 @@ the job without redoing finished stages."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -71,6 +72,8 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     sharpen = json.loads((out / "align" / "stage.json").read_text())["result"]["sharpen"]  # 8 new episodes at T = 0.3
     assert sharpen["ranked"] == 8 and sharpen["temperature"] == 0.3 and "new at T = 0.3" in stdout
     assert "Then a second ReST step (sharpen)" in html and "sharpen, 24 online episodes)" in html  # 16 + 8
+    spawns = re.search(r"\(spawn priority\): episodes per spawn, left to right, (\d+) / (\d+) / (\d+) / (\d+)", html)
+    assert spawns and sum(map(int, spawns.groups())) == 16  # REINFORCE's episodes, drawn by spawn priority
     # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and REINFORCE followed it.
     rm2 = json.loads((out / "reward_pft" / "model" / "config.json").read_text())
     rollouts_pft = json.loads((out / "rollouts_pft" / "store" / "manifest.json").read_text())

@@ -136,7 +136,8 @@ def test_spawn_priority_draws_the_spawns_of_the_episodes(tiny_stack, tmp_path):
     summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "a", cfg)
     assert summary["updates"] == 3
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:  # every update logs the next batch's spawn probabilities
+    for r in rows:  # every update logs its episodes' spawns and the next batch's spawn probabilities
+        assert sum(r[f"align/spawn{k}_n"] for k in range(4)) == 4
         assert sum(r[f"align/spawn{k}_p"] for k in range(4)) == pytest.approx(1.0)
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "b", cfg)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agentalign.envs.skygarden import world as W
 from agentalign.train.common import atomic_write_json, read_metrics
 
 if TYPE_CHECKING:
@@ -329,6 +330,10 @@ def write_report(run: "Run") -> Path:
                 "agent's own rollouts.</p>" if res.get("reward_pft") else "")  # fmt: skip
         hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last 10 batches), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
+    if align_metrics and "align/spawn0_p" in align_metrics[-1]:
+        n = [int(sum(m.get(f"align/spawn{k}_n", 0) for m in align_metrics)) for k in range(len(W.SPAWNS))]
+        hack += (f"<p>REINFORCE drew part of each batch's spawns where the agent's episodes disagreed "
+                 f"(spawn priority): episodes per spawn, left to right, {' / '.join(map(str, n))}.</p>")  # fmt: skip
     if polish:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "

@@ -21,6 +21,10 @@ Departures from the paper, all configurable back to it:
     standard deviation (over the batch, or per spawn as GRPO does per prompt), `schedule="linear"`
     decays the lr to 0, `entropy_bonus` rewards exploring, and `epochs > 1` reuses each batch with
     PPO's clipped ratio.
+  * `spawn_priority > 0` (off by default; the paper's spawns are uniform) draws part of each
+    batch's spawns where the agent's episodes still disagree, as Prioritized Level Replay
+    (Jiang et al., 2021) does over levels (`SpawnPriority`): REINFORCE flips a route only through
+    the episodes from the start where the agent is torn, so it gets more of them there.
   * `polish_episodes > 0` (off by default) ends the stage with a ReST step on the episodes REINFORCE
     already played and scored: the best `polish_fraction` of each spawn's among the last
     `polish_episodes` are cloned into the aligned policy (`preference_ft.clone_best`). REINFORCE
@@ -417,7 +421,8 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
         for name in W.PAD_NAMES:
             row[f"align/pad_{name}"] = float(np.mean([tr.jump_pad == name for tr in wave]))
         row["align/pad_none"] = float(np.mean([tr.jump_pad == "none" for tr in wave]))
-        if prio is not None:
+        row.update({f"align/spawn{k}_n": sum(tr.spawn == k for tr in wave) for k in range(len(W.SPAWNS))})
+        if prio is not None:  # the next batch's
             row.update({f"align/spawn{k}_p": float(p) for k, p in enumerate(prio.probs())})
         if keep:
             batch = [wave[i] for i in keep]
