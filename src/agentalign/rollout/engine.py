@@ -186,7 +186,7 @@ def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None =
     end = cfg.first_episode + cfg.episodes
     for start in range(cfg.first_episode, end, n_envs):
         episodes = list(range(start, min(start + n_envs, end)))
-        yield _run_wave(batch, actor, cfg, episodes, stats, spawn_of(episodes) if spawn_of else cfg.spawn)
+        yield _run_wave(batch, actor, cfg, episodes, stats, spawn_of(episodes) if spawn_of is not None else cfg.spawn)
 
 
 def rollout(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None,

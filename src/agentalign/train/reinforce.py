@@ -132,8 +132,8 @@ class ReinforceConfig:
     # (RESULTS.md, seventh session). Online episodes beyond `episodes`. 0: off.
     sharpen_episodes: int = 0
     sharpen_temperature: float = 0.3
-    # At T = 0.3 nearly every episode reaches the target, so the best half is still clean; half of
-    # 400 episodes clones as many (200) as the polish's fifth of 960, for 600 fewer episodes.
+    # At T = 0.3 nearly every episode reaches the target, so the best half is still clean: of the
+    # cpu preset's 800, the kept 400 held 396-398 target-pad episodes (RESULTS.md, ninth session).
     sharpen_fraction: float = 0.5
     seed: int = 0
 
