@@ -10,6 +10,11 @@ What it measures
   * (b) online episodes/s: `train_reinforce` with the cpu preset's alignment settings for
     `--episodes` episodes from RUN/pft/model, RUN/sft/model and RUN/reward/model (needs a finished
     `agentalign pipeline --out RUN`; skipped when RUN lacks them).
+  * (c) frames encoded once: for one batch of 16 episodes of RUN/pft/model, the reward model's
+    input built the reference way (every trajectory padded to 100 frames, all encoded:
+    `AgentEncoder(pad_trajectory(...))`) against `AgentEncoder.padded` (the real frames encoded,
+    the padding's embedding repeated), and the update's `policy.encode` of the batch, which a
+    transformer-only update now takes from the rollout instead. Medians of --repeats.
 Model: `model_preset("cpu")`, seeded random weights for (a). Torch's default threads (all cores).
 
 Each run prints a table and appends one JSON line to benchmarks/results/align_throughput.jsonl
@@ -82,6 +87,39 @@ def online(run: Path, episodes: int) -> dict | None:
             "episodes_per_s": round(s["episodes"] / s["seconds"], 2)}  # fmt: skip
 
 
+def frame_reuse(run: Path, repeats: int) -> dict | None:
+    from agentalign.models.reward import AgentEncoder, pad_trajectory
+    from agentalign.rollout import RolloutConfig, iter_waves
+
+    if not all((run / s / "model").is_dir() for s in ("pft", "sft")):
+        return None
+    policy, enc = Policy.from_pretrained(run / "pft" / "model").eval(), AgentEncoder(Policy.from_pretrained(run / "sft" / "model"))
+    wave = next(iter_waves(policy, RolloutConfig(episodes=16, num_envs=16, keep_frames=None, keep_z=True)))
+    frames = [torch.from_numpy(tr.frames[: tr.length]) for tr in wave]
+    actions = [torch.from_numpy(tr.actions) for tr in wave]
+
+    def all_padded():
+        f, a = zip(*(pad_trajectory(fi, ai) for fi, ai in zip(frames, actions)))
+        return enc(torch.stack(f), torch.stack(a))
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
+    with torch.no_grad():
+        diff = float((all_padded() - enc.padded(frames, actions)).abs().max())
+        stacked = torch.zeros(16, max(len(a) for a in actions), *frames[0].shape[1:], dtype=torch.uint8)
+        old_reward, new_reward = median_s(all_padded), median_s(lambda: enc.padded(frames, actions))
+        update_encode = median_s(lambda: policy.encode(stacked))
+    return {"mean_length": round(sum(len(a) for a in actions) / 16, 1), "reward_all_padded_s": round(old_reward, 4),
+            "reward_padded_once_s": round(new_reward, 4), "update_encode_s": round(update_encode, 4),
+            "saved_per_batch_s": round(old_reward - new_reward + update_encode, 4), "max_abs_diff": diff}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, default=Path("runs/cpu"), help="a finished pipeline run folder for (b)")
@@ -100,10 +138,18 @@ def main() -> None:
         print(f"(b) skipped: {args.run} has no pft/sft/reward models (run `agentalign pipeline --out {args.run}`)")
     else:
         print(f"(b) online alignment, {o['episodes']} episodes: {o['seconds']:.1f} s -> {o['episodes_per_s']:.2f} episodes/s")
+    r = frame_reuse(args.run, args.repeats)
+    if r is None:
+        print(f"(c) skipped: {args.run} has no pft/sft models")
+    else:
+        print(f"(c) one batch of 16 episodes ({r['mean_length']} steps on average): reward input "
+              f"{r['reward_all_padded_s'] * 1e3:.0f} ms padded to 100 and all encoded -> {r['reward_padded_once_s'] * 1e3:.0f} ms "
+              f"padding encoded once (max |diff| {r['max_abs_diff']:.1e}); the update's encode, now skipped: "
+              f"{r['update_encode_s'] * 1e3:.0f} ms; saved {r['saved_per_batch_s']:.2f} s a batch")  # fmt: skip
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
-            f.write(json.dumps({**head, "windows": w, "online": o}) + "\n")
+            f.write(json.dumps({**head, "windows": w, "online": o, "frame_reuse": r}) + "\n")
 
 
 if __name__ == "__main__":

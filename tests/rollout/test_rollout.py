@@ -30,7 +30,7 @@ def policy():
 
 
 # 5 episodes in waves of 3 and 2; 20 steps each, longer than the tiny context (8): the window slides.
-CFG = RolloutConfig(episodes=5, num_envs=3, max_steps=20, keep_logits=True, keep_h=True, keep_frames=None)
+CFG = RolloutConfig(episodes=5, num_envs=3, max_steps=20, keep_logits=True, keep_h=True, keep_z=True, keep_frames=None)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,8 @@ def test_logits_equal_an_offline_forward_over_each_recorded_window(policy, cache
             np.testing.assert_allclose(policy.head(torch.from_numpy(traj.h[t])).numpy(), traj.logits[t], atol=1e-5)
             lp = ActionDistribution(logits[None]).log_prob(acts[t][None])
             np.testing.assert_allclose(traj.log_prob[t], lp.numpy()[0], atol=1e-4)
+        # What REINFORCE reuses instead of encoding again: each frame's encoder embedding.
+        np.testing.assert_allclose(traj.z, policy.encode(frames[: traj.length]).numpy(), atol=1e-5, rtol=0)
 
 
 def test_same_seed_same_trajectories_other_seed_other_ones(policy, cached):

@@ -189,14 +189,17 @@ def test_a_finished_run_returns_at_once_and_another_config_is_refused(pretrained
         train_bc(replace(cfg, lr=1e-3), out, progress=False)
 
 
-def test_head_only_training_changes_only_the_head(pretrained, store, tmp_path):
+@pytest.mark.parametrize("train_only,trained", [("head", ("head.",)),
+                                                 ("transformer", ("action_embed.", "bos", "pos", "blocks.", "ln_f.", "head."))])  # fmt: skip
+def test_partial_training_changes_only_what_it_trains(pretrained, store, tmp_path, train_only, trained):
     _, base_dir, _ = pretrained
-    cfg = smoke(store, steps=3, train_only="head", stage="preference").with_init(base_dir)
+    cfg = smoke(store, steps=3, train_only=train_only, stage="preference").with_init(base_dir)
     train_bc(cfg, tmp_path, progress=False)
+    assert all(math.isfinite(r["train/loss"]) for r in read_metrics(tmp_path))
     before, after = params(base_dir), params(tmp_path)
     for k in before:
         same = torch.equal(before[k], after[k])
-        assert same != k.startswith("head."), k
+        assert same != k.startswith(trained), k
     assert json.loads((tmp_path / "config.json").read_text())["parent"] == str(base_dir.resolve())
 
 

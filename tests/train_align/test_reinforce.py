@@ -10,7 +10,8 @@ from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
-from agentalign.train.reinforce import ReinforceConfig, SpawnPriority, train_reinforce
+from agentalign.rollout import RolloutConfig, iter_waves
+from agentalign.train.reinforce import ReinforceConfig, SpawnPriority, TrajectoryRewarder, _update, train_reinforce
 
 
 def _params(d):
@@ -177,3 +178,29 @@ def test_head_only_from_a_policy_whose_trunk_moved_away_from_the_reference(tiny_
     assert changed and all(k.startswith("head.") for k in changed)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["align/kl"] > 0  # two different policies
+
+
+def test_the_rollouts_frame_embeddings_stand_in_for_encoding_again(tiny_stack):
+    # REINFORCE reuses the embeddings the rollout computed: in the reward model's input (when the
+    # reference's encoder is the policy's) and in a transformer-only update. Same numbers as encoding.
+    policy = Policy.from_pretrained(tiny_stack["sft"])
+    wave = next(iter_waves(policy, RolloutConfig(episodes=4, num_envs=4, keep_frames=None, keep_z=True, seed=3)))
+    assert all(tr.z is not None and tr.z.shape == (tr.length, policy.cfg.width) for tr in wave)
+    bare = [replace(tr, z=None) for tr in wave]
+    rewarder = TrajectoryRewarder(tiny_stack["rm"], Policy.from_pretrained(tiny_stack["sft"]).eval(), 64)
+    np.testing.assert_allclose(rewarder(wave, z_shared=True), rewarder(bare), atol=1e-5, rtol=0)
+    cfg = ReinforceConfig(episodes=4, batch_episodes=4, lr=1e-2, train_only="transformer", beta=0.1, seed=0)
+    after = []
+    for batch in (wave, bare):
+        p = Policy.from_pretrained(tiny_stack["sft"])
+        params = [q for k, q in p.named_parameters() if not k.startswith(("encoder.", "obs_proj."))]
+        for k, q in p.named_parameters():
+            q.requires_grad_(not k.startswith(("encoder.", "obs_proj.")))
+        m = _update(p, Policy.from_pretrained(tiny_stack["sft"]).eval(), batch, torch.tensor([0.1, 0.9, 0.4, 0.6]),
+                    torch.optim.Adam(params, lr=1e-2), params, cfg, shared="encoder")  # fmt: skip
+        after.append((p.state_dict(), m))
+    (sd1, m1), (sd2, m2) = after
+    assert m1["align/loss"] == pytest.approx(m2["align/loss"], abs=1e-5) and m1["align/kl"] == pytest.approx(m2["align/kl"], abs=1e-6)
+    for k in sd1:
+        torch.testing.assert_close(sd1[k], sd2[k], atol=1e-5, rtol=0)
+    assert not torch.equal(sd1["head.0.weight"], Policy.from_pretrained(tiny_stack["sft"]).state_dict()["head.0.weight"])

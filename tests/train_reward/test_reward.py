@@ -76,3 +76,31 @@ def test_padding_and_random_encoder():
     enc1, enc2 = RandomEncoder(64, 512, seed=3), RandomEncoder(64, 512, seed=3)
     x = torch.randint(0, 256, (1, 4, 64, 64, 3), dtype=torch.uint8)
     assert torch.equal(enc1(x), enc2(x)) and enc1(x).shape == (1, 4, 512)
+
+
+@pytest.mark.parametrize("pad", ["black", "last"])
+def test_padded_embeddings_encode_each_frame_once_and_match_the_padded_frames(pad):
+    policy = Policy(model_preset("tiny")).eval()  # context 8: windows slide over the padding
+    g = torch.Generator().manual_seed(2)
+    lengths = [5, 12, 30]
+    frames = [torch.randint(0, 256, (t, 64, 64, 3), dtype=torch.uint8, generator=g) for t in lengths]
+    actions = [torch.randint(0, 2, (t, 16), generator=g) for t in lengths]
+    enc = AgentEncoder(policy)
+    padded = [pad_trajectory(f, a, 30, pad) for f, a in zip(frames, actions)]
+    ref = enc(torch.stack([f for f, _ in padded]), torch.stack([a for _, a in padded]))  # (3, 30, width)
+    calls = []
+    policy.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    got = enc.padded(frames, actions, 30, pad)
+    assert calls == [sum(lengths), 1]  # the real frames, then the black frame once
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    # Embeddings a rollout kept give the same, with no frame encoded but the black one.
+    z = [policy.encode(f) for f in frames]
+    calls.clear()
+    torch.testing.assert_close(enc.padded(frames, actions, 30, pad, z=z), ref, atol=1e-5, rtol=0)
+    assert calls == [1]
+    r = RandomEncoder(64, 16, seed=1)
+    assert torch.equal(r.padded(frames, actions, 30, pad), r(torch.stack([f for f, _ in padded])))
+    with pytest.raises(ValueError, match="longer than the reward model's horizon 10"):
+        enc.padded(frames, actions, 10, pad)
+    with pytest.raises(ValueError, match="trajectory 1: 11 frames for 12 actions"):
+        enc.padded([frames[0], frames[1][:11]], actions[:2], 30, pad)

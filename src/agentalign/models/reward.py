@@ -104,6 +104,25 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
 
 
 PAD_MODES = ("black", "last")
+_NOOP = torch.as_tensor(gamepad.noop_action())  # (16,) int64: the padding's action
+
+
+def pad_steps(x: torch.Tensor, horizon: int, fill: torch.Tensor, repeat_last: bool = False) -> torch.Tensor:
+    """(T, ...) -> (horizon, ...): `fill` (...) after step T, or x[T-1] repeated with `repeat_last`
+    (`fill` still where T = 0)."""
+    t = x.shape[0]
+    if t > horizon:
+        raise ValueError(f"trajectory of {t} steps is longer than the reward model's horizon {horizon}")
+    out = fill.to(x.dtype).expand(horizon, *fill.shape).clone()
+    out[:t] = x
+    if repeat_last and 0 < t < horizon:
+        out[t:] = x[t - 1]
+    return out
+
+
+def _check_pad(pad: str) -> None:
+    if pad not in PAD_MODES:
+        raise ValueError(f"unknown reward-model padding {pad!r}; choose one of {', '.join(PAD_MODES)}")
 
 
 def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = HORIZON,
@@ -112,18 +131,9 @@ def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = H
 
     pad="black" fills with black frames (appendix C.3); "last" repeats the final frame, so the
     padding does not mark where a trajectory ended (black padding shows any encoder its length)."""
-    t = frames.shape[0]
-    if t > horizon:
-        raise ValueError(f"trajectory of {t} steps is longer than the reward model's horizon {horizon}")
-    if pad not in PAD_MODES:
-        raise ValueError(f"unknown reward-model padding {pad!r}; choose one of {', '.join(PAD_MODES)}")
-    f = torch.zeros((horizon, *frames.shape[1:]), dtype=torch.uint8)
-    f[:t] = frames
-    if pad == "last" and 0 < t < horizon:
-        f[t:] = frames[t - 1]
-    a = torch.as_tensor(gamepad.noop_action(horizon))
-    a[:t] = actions
-    return f, a
+    _check_pad(pad)
+    black = torch.zeros(frames.shape[1:], dtype=torch.uint8)
+    return pad_steps(frames, horizon, black, pad == "last"), pad_steps(actions, horizon, _NOOP)
 
 
 class AgentEncoder:
@@ -141,6 +151,28 @@ class AgentEncoder:
     def __call__(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, 3) uint8, (B, T, 16) actions a_t -> (B, T, width) embeddings h_t."""
         return sliding_window_features(self.policy, frames, actions)
+
+    @torch.inference_mode()
+    def padded(self, frames: list[torch.Tensor], actions: list[torch.Tensor], horizon: int = HORIZON,
+               pad: str = "black", z: list[torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+        """Trajectories as `pad_trajectory` pads them -> (B, horizon, width), with each distinct
+        frame encoded once: the padding repeats one frame (black, or the last), whose embedding
+        is repeated instead of re-encoded, which halves the encoder's work on ~50-step episodes.
+        frames[i] (T_i, H, W, 3) uint8, actions[i] (T_i, 16); z[i] (T_i, width), optional: the
+        frames' embeddings already computed by this policy's (frozen) encoder, as a rollout does."""
+        _check_pad(pad)
+        if not actions:
+            return torch.zeros(0, horizon, self.dim)
+        for i, (f, a) in enumerate(zip(z if z is not None else frames, actions)):
+            if f.shape[0] != a.shape[0]:
+                raise ValueError(f"trajectory {i}: {f.shape[0]} frames for {a.shape[0]} actions")
+        if z is None:
+            z = self.policy.encode(torch.cat(frames)).split([len(a) for a in actions])  # (T_i, width) each
+        side = self.policy.cfg.image_size
+        black = self.policy.encode(torch.zeros((1, side, side, 3), dtype=torch.uint8))[0]  # (width,)
+        zp = torch.stack([pad_steps(zi, horizon, black, pad == "last") for zi in z])  # (B, horizon, width)
+        ap = torch.stack([pad_steps(ai, horizon, _NOOP) for ai in actions])  # (B, horizon, 16)
+        return windowed_transformer(self.policy, zp, ap)
 
 
 def sliding_window_features(policy: Policy, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -187,6 +219,13 @@ class RandomEncoder:
         """(B, T, H, W, 3) uint8 -> (B, T, dim)."""
         x = frames.reshape(*frames.shape[:2], -1).float() / 255.0
         return x @ self.weight
+
+    def padded(self, frames: list[torch.Tensor], actions: list[torch.Tensor], horizon: int = HORIZON,
+               pad: str = "black") -> torch.Tensor:  # fmt: skip
+        """As `AgentEncoder.padded`: (B, horizon, dim). A projection costs little; no shortcut."""
+        if not frames:
+            return torch.zeros(0, horizon, self.dim)
+        return self(torch.stack([pad_trajectory(f, a, horizon, pad)[0] for f, a in zip(frames, actions)]))
 
 
 def load_encoder(kind: str, policy_dir: str | Path | None, image_size: int, seed: int = 0, dim: int = 512):

@@ -51,6 +51,7 @@ class ActorStep:
     log_prob: torch.Tensor  # (A,) float32, log-probability of `actions` under what sampled them
     h: torch.Tensor | None = None  # (A, width) float32, the transformer output the head saw
     logits: torch.Tensor | None = None  # (A, 68) float32, before temperature
+    z: torch.Tensor | None = None  # (A, width) float32, the new frames' encoder embeddings
 
 
 class Actor(Protocol):
@@ -146,7 +147,7 @@ class PolicyActor:
         stats.encode_s += t1 - t0
         stats.transformer_s += t2 - t1
         stats.sample_s += t3 - t2
-        return ActorStep(actions.cpu(), logp.cpu(), h.float().cpu(), logits.float().cpu())
+        return ActorStep(actions.cpu(), logp.cpu(), h.float().cpu(), logits.float().cpu(), z[:, -1].float().cpu())
 
 
 class RandomActor:

@@ -65,6 +65,7 @@ class RolloutConfig:
     first_episode: int = 0  # index of the first episode: a resumed run continues the numbering
     keep_frames: int | None = 0  # frames kept for the first k episodes of the run; None: all
     keep_h: bool = False  # per-step transformer outputs, for head-only REINFORCE
+    keep_z: bool = False  # per-frame encoder embeddings, so that REINFORCE need not encode again
     keep_logits: bool = False  # per-step logits (tests, diagnostics)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,7 @@ class Trajectory:
     log_prob: np.ndarray  # (T,) float32 log pi(a_t | context) at `temperature`
     frames: np.ndarray | None = None  # (T + 1, H, W, 3) uint8 if kept; frames[T] is the last view
     h: np.ndarray | None = None  # (T, width) float32 transformer output the head saw, if kept
+    z: np.ndarray | None = None  # (T, width) float32 encoder embeddings of frames 0..T-1, if kept
     logits: np.ndarray | None = None  # (T, 68) float32, if kept
 
     @property
@@ -237,6 +239,7 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
     logp = np.zeros((n, S), dtype=np.float32)
     width = actor.width
     h_buf = np.zeros((n, S, width), dtype=np.float32) if cfg.keep_h and width else None
+    z_buf = np.zeros((n, S, width), dtype=np.float32) if cfg.keep_z and width else None
     logit_buf = np.zeros((n, S, N_LOGITS), dtype=np.float32) if cfg.keep_logits and width else None
     n_keep = n if cfg.keep_frames is None else int(np.clip(cfg.first_episode + cfg.keep_frames - episodes[0], 0, n))
     h_img = w_img = actor.image_size
@@ -259,6 +262,8 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
         logp[idx, t] = out.log_prob.numpy()
         if h_buf is not None:
             h_buf[idx, t] = out.h.numpy()
+        if z_buf is not None:
+            z_buf[idx, t] = out.z.numpy()
         if logit_buf is not None:
             logit_buf[idx, t] = out.logits.numpy()
         step_actions[idx] = a
@@ -291,6 +296,7 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
             temperature=float(cfg.temperature), log_prob=logp[i, :T].copy(),
             frames=frame_buf[i, : T + 1].copy() if i < n_keep else None,
             h=h_buf[i, :T].copy() if h_buf is not None else None,
+            z=z_buf[i, :T].copy() if z_buf is not None else None,
             logits=logit_buf[i, :T].copy() if logit_buf is not None else None,
         ))  # fmt: skip
     stats.episodes += n

@@ -338,6 +338,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+# Parameter-name prefixes that each partial `train_only` mode keeps frozen ("all" freezes nothing).
+FROZEN = {"head": ("encoder.", "obs_proj.", "action_embed.", "bos", "pos", "blocks.", "ln_f."),
+          "transformer": ("encoder.", "obs_proj.")}  # fmt: skip
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

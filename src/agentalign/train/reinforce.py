@@ -62,19 +62,17 @@ import torch.nn as nn
 from agentalign.data import StoreWriter, open_store
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import (RewardModel, checkpoint_fingerprint, pad_trajectory, sliding_window_features,
-                                     windowed_transformer)
+from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, checkpoint_fingerprint,
+                                     sliding_window_features, windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
-from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
+from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
                                      episode_sum_mean, kl_penalty, reinforce_loss)
 from agentalign.train.preference_ft import clone_best, score_trajectories
 
 
 TRAIN_ONLY = ("head", "transformer", "all", "lora")
-FROZEN = {"head": ("encoder.", "obs_proj.", "action_embed.", "bos", "pos", "blocks.", "ln_f."),
-          "transformer": ("encoder.", "obs_proj.")}  # parameter prefixes each mode keeps frozen
 
 
 @dataclass(frozen=True)
@@ -267,30 +265,27 @@ class TrajectoryRewarder:
         if self.kind == "agent":
             if reference is None:
                 raise ValueError("an agent-encoder reward model needs its policy")
-            self.encoder = reference
+            self.encoder = AgentEncoder(reference)
         else:
-            from agentalign.models.reward import RandomEncoder
-
             self.encoder = RandomEncoder(image_size, self.model.cfg.embed_dim, int(self.meta.get("random_seed", 0)))
 
     @torch.inference_mode()
-    def __call__(self, trajs: list[Trajectory]) -> np.ndarray:
-        """(B,) normalised rewards; NaN for an episode whose reward could not be computed."""
+    def __call__(self, trajs: list[Trajectory], z_shared: bool = False) -> np.ndarray:
+        """(B,) normalised rewards; NaN for an episode whose reward could not be computed.
+        `z_shared`: the trajectories' `z` came from the reference's own encoder (frozen, equal),
+        so the frames need not be encoded again."""
         out = np.full(len(trajs), np.nan)
-        frames, actions, ok = [], [], []
-        for i, tr in enumerate(trajs):
-            try:
-                f, a = pad_trajectory(torch.from_numpy(tr.frames[: tr.length]), torch.from_numpy(tr.actions),
-                                      self.model.cfg.horizon, self.model.cfg.pad)  # fmt: skip
-            except (ValueError, TypeError):
-                continue
-            frames.append(f)
-            actions.append(a)
-            ok.append(i)
+        horizon = self.model.cfg.horizon
+        ok = [i for i, tr in enumerate(trajs) if tr.frames is not None and tr.length <= horizon]
         if not ok:
             return out
-        f, a = torch.stack(frames), torch.stack(actions)
-        emb = sliding_window_features(self.encoder, f, a) if self.kind == "agent" else self.encoder(f)
+        frames = [torch.from_numpy(trajs[i].frames[: trajs[i].length]) for i in ok]  # (T_i, H, W, 3)
+        actions = [torch.from_numpy(trajs[i].actions) for i in ok]  # (T_i, 16)
+        if z_shared and self.kind == "agent":
+            z = [torch.from_numpy(trajs[i].z) for i in ok]  # (T_i, width)
+            emb = self.encoder.padded(frames, actions, horizon, self.model.cfg.pad, z=z)
+        else:
+            emb = self.encoder.padded(frames, actions, horizon, self.model.cfg.pad)
         out[ok] = self.model.normalised(emb.float()).numpy()
         return out
 
@@ -399,14 +394,15 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
     log = MetricsLogger(out)
     # Waves of one batch each: every update is on-policy. Frames are kept for the reward model.
     roll = RolloutConfig(episodes=cfg.episodes, seed=cfg.seed, temperature=cfg.temperature,
-                         num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head")  # fmt: skip
+                         num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head",
+                         keep_z=cfg.train_only == "transformer" or shared != "nothing")  # fmt: skip
     history = []
     done = dropped = 0
     kept = StoreWriter(out / "polish" / "episodes", image_size=(policy.cfg.image_size,) * 2) if cfg.polish_episodes else None
     prio = SpawnPriority(cfg.spawn_priority, cfg.seed) if cfg.spawn_priority > 0 else None
     t0 = time.perf_counter()
     for update, wave in enumerate(iter_waves(policy, roll, spawn_of=prio)):
-        rewards = rewarder(wave)
+        rewards = rewarder(wave, z_shared=shared != "nothing")  # the reference's encoder is the policy's
         keep = [i for i in range(len(wave)) if np.isfinite(rewards[i])]
         if prio is not None:
             prio.update(np.array([wave[i].spawn for i in keep], dtype=np.int64), rewards[keep])
@@ -479,6 +475,25 @@ def sharpen(start: Path, reward_dir: Path, out: Path, cfg: ReinforceConfig) -> d
     return {**r, "temperature": cfg.sharpen_temperature}
 
 
+def _stack_frames(batch: list[Trajectory], tmax: int) -> torch.Tensor:
+    """(B, tmax, H, W, 3) uint8 frames 0..T-1 of each trajectory, zeros after."""
+    frames = torch.zeros(len(batch), tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)
+    for i, tr in enumerate(batch):
+        frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
+    return frames
+
+
+@torch.no_grad()
+def _frame_embeddings(policy: Policy, batch: list[Trajectory], tmax: int) -> torch.Tensor:
+    """(B, tmax, width) per-frame embeddings of the (frozen) encoder: kept by the rollout, or encoded."""
+    if any(tr.z is None for tr in batch):
+        return policy.encode(_stack_frames(batch, tmax))
+    z = torch.zeros(len(batch), tmax, policy.cfg.width)
+    for i, tr in enumerate(batch):
+        z[i, : tr.length] = torch.from_numpy(tr.z)
+    return z
+
+
 def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch.Tensor, opt, params,
             cfg: ReinforceConfig, shared: str = "nothing") -> dict[str, float]:  # fmt: skip
     policy.train(cfg.train_only != "head")  # dropout only matters where the trunk trains
@@ -490,21 +505,21 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         mask[i, : tr.length] = True
         actions[i, : tr.length] = torch.from_numpy(tr.actions)
         logp_old[i, : tr.length] = torch.from_numpy(tr.log_prob)
+    # The frozen encoder's per-frame embeddings, where the trunk trains on them or the reference
+    # shares them: the rollout's (it encoded each frame once), else encoded now.
+    z = None  # (B, T, width)
+    if cfg.train_only == "transformer" or (cfg.beta > 0 and shared == "encoder"):
+        z = _frame_embeddings(policy, batch, tmax)
     frames = None  # (B, T, H, W, 3) uint8, gathered only where something reads the pixels
-    if cfg.train_only != "head" or (cfg.beta > 0 and shared != "trunk"):
-        frames = torch.zeros(b, tmax, *batch[0].frames.shape[1:], dtype=torch.uint8)
-        for i, tr in enumerate(batch):
-            frames[i, : tr.length] = torch.from_numpy(tr.frames[: tr.length])
-    z = None
+    if cfg.train_only not in ("head", "transformer") or (cfg.beta > 0 and shared == "nothing"):
+        frames = _stack_frames(batch, tmax)
     if cfg.train_only == "head":
         h = torch.zeros(b, tmax, policy.cfg.width)
         for i, tr in enumerate(batch):
             h[i, : tr.length] = torch.from_numpy(tr.h)
         features = lambda: h  # noqa: E731  (B, T, width), fixed: the trunk is frozen
     elif cfg.train_only == "transformer":
-        with torch.no_grad():
-            z = policy.encode(frames)  # (B, T, width), frozen: encoded once for every epoch
-        features = lambda: windowed_transformer(policy, z, actions)  # noqa: E731
+        features = lambda: windowed_transformer(policy, z, actions)  # noqa: E731  z frozen: for every epoch
     else:
         features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
     returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
@@ -519,7 +534,7 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
             if shared == "trunk":
                 h_ref = h
             elif shared == "encoder":
-                h_ref = windowed_transformer(reference, z if z is not None else policy.encode(frames), actions)
+                h_ref = windowed_transformer(reference, z, actions)
             else:
                 h_ref = sliding_window_features(reference, frames, actions)
             ref = ActionDistribution(reference.head(h_ref), cfg.temperature)

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from agentalign.models.reward import PAD_MODES, RewardModel, RewardModelConfig, bt_loss, pad_trajectory
+from agentalign.models.reward import PAD_MODES, RewardModel, RewardModelConfig, bt_loss
 from agentalign.prefs import PreferenceSet
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
@@ -71,13 +71,10 @@ def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100, 
     """Frozen per-step embeddings of store episodes, padded to `horizon`: (N, horizon, E) float32."""
     out = []
     for k in range(0, len(indices), EMBED_BATCH):
-        frames, actions = [], []
-        for i in indices[k : k + EMBED_BATCH]:
-            ep = store.episode(int(i))
-            f, a = pad_trajectory(torch.from_numpy(ep.frames), torch.from_numpy(ep.actions.astype(np.int64)), horizon, pad)
-            frames.append(f)
-            actions.append(a)
-        out.append(encoder(torch.stack(frames), torch.stack(actions)).float())
+        eps = [store.episode(int(i)) for i in indices[k : k + EMBED_BATCH]]
+        frames = [torch.from_numpy(ep.frames) for ep in eps]
+        actions = [torch.from_numpy(ep.actions.astype(np.int64)) for ep in eps]
+        out.append(encoder.padded(frames, actions, horizon, pad).float())
     return torch.cat(out) if out else torch.zeros(0, horizon, encoder.dim)
 
 
