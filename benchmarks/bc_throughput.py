@@ -3,6 +3,7 @@ window loader from a generated store) against the same model's update on batches
 memory, and where the time of an update goes.
 
     python benchmarks/bc_throughput.py [--episodes 300] [--steps 30] [--workers 0 1 2] [--repeats 2]
+                                       [--parts feeds split train_only]
 
 Both sides run the same TrainStep (augmentation, forward, loss, backward, clipping, AdamW) of the
 `cpu` model preset at the trainer's defaults (32 windows of 32 steps = 1,024 frames an update).
@@ -15,8 +16,10 @@ The store is generated first (the `pretrain` population preset, --episodes of it
 Timings are per-update medians after --warm updates. Target: loader-fed within 10 % of in-memory.
 Where other processes share the cores, run with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads
 then make every update several times slower (4.5 s instead of 0.7 s measured at load average 4).
-Also prints where an update's time goes (augmentation, encoder, transformer + head). Prints the
-figures and appends JSON to benchmarks/results/bc_throughput.jsonl.
+Also prints where an update's time goes (augmentation, encoder, transformer + head) and, paired
+the same way, an update of the whole network against one with the pixel encoder frozen
+(train_only="transformer", as the alignment's polish and sharpen clone). Prints the figures and
+appends JSON to benchmarks/results/bc_throughput.jsonl.
 """
 
 from __future__ import annotations
@@ -90,6 +93,29 @@ def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[fl
     return mem[warm:], ldr[warm:]
 
 
+def paired_train_only(cfg, batches: list[dict], steps: int, warm: int) -> dict[str, float]:
+    """Seconds per update of the whole network against train_only="transformer" (the encoder
+    frozen, as the polish and the sharpen clone), alternating update by update in one process."""
+    from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_optimizer
+    from agentalign.train.common import seed_everything
+
+    device = torch.device("cpu")
+    steppers = {}
+    for mode in ("all", "transformer"):
+        c = replace(cfg, train_only=mode)
+        seed_everything(c.seed)
+        policy = build_policy(c, device)
+        _set_mode(policy, mode)
+        steppers[mode] = TrainStep(policy, make_optimizer(policy, c), c, device)
+    times: dict[str, list[float]] = {mode: [] for mode in steppers}
+    for n in range(1, steps + 1):
+        for mode, step in steppers.items():
+            t = time.perf_counter()
+            float(step(batches[n % len(batches)], n)[0]["loss"])
+            times[mode].append(time.perf_counter() - t)
+    return {mode: statistics.median(ts[warm:]) for mode, ts in times.items()}
+
+
 def split_run(cfg, batch: dict, repeats: int = 7) -> dict[str, float]:
     """Milliseconds of one update's parts: augmentation, encoder fwd+bwd, transformer+head fwd+bwd."""
     from agentalign.models import Policy
@@ -128,6 +154,36 @@ def split_run(cfg, batch: dict, repeats: int = 7) -> dict[str, float]:
     }
 
 
+def feeds(args, cfg, batches: list[dict], total: int, frames: int, rows: dict, tmp: Path) -> float:
+    """Parts 1 and 2: the loader against in-memory batches; fills `rows`, returns s/update in memory."""
+    # 1. Paired: the same update fed from memory and from the loader, alternating.
+    mem_ts, ldr_ts = paired_run(cfg, batches, total, args.warm)
+    mem, ldr = statistics.median(mem_ts), statistics.median(ldr_ts)
+    rows["paired_memory"] = {"median_s": round(mem, 4), "frames_per_s": round(frames / mem)}
+    rows["paired_loader_w0"] = {"median_s": round(ldr, 4), "frames_per_s": round(frames / ldr), "ratio": round(mem / ldr, 3)}
+    print(f"paired, update by update: in-memory {mem:.3f} s ({frames / mem:,.0f} frames/s), "
+          f"loader-fed {ldr:.3f} s ({frames / ldr:,.0f} frames/s): {mem / ldr:.1%} of in-memory (target >= 90 %)")
+
+    # 2. Whole runs: train_bc itself (logging and all) against the in-memory step, interleaved.
+    times: dict[str, list[float]] = {"memory": []} | {f"loader_w{w}": [] for w in args.workers}
+    for r in range(args.repeats):
+        times["memory"] += memory_run(cfg, batches, total, args.warm)
+        for w in args.workers:
+            out = tmp / f"run-{r}-w{w}"
+            times[f"loader_w{w}"] += loader_run(replace(cfg, num_workers=w), out, args.warm)
+    mem_run = statistics.median(times["memory"])
+    print(f"{'whole runs':<24}{'s/update':>10}{'frames/s':>10}{'vs memory':>11}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows[f"run_{name}"] = {"median_s": round(med, 4), "frames_per_s": round(frames / med),
+                               "ratio": round(mem_run / med, 3)}  # fmt: skip
+        label = "in-memory tensors" if name == "memory" else f"train_bc, {name[8:]} workers"
+        print(f"{label:<24}{med:>10.3f}{frames / med:>10,.0f}{mem_run / med:>10.1%}")
+    rows["load_average_1min"] = round(os.getloadavg()[0], 2)
+    print(f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus (above ~2.2 other work shares the cores)")
+    return mem
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=300, help="pretrain-preset episodes in the store")
@@ -136,6 +192,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to try")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--store", type=Path, default=None, help="use this store instead of generating one")
+    ap.add_argument("--parts", nargs="+", choices=["feeds", "split", "train_only"], default=["feeds", "split", "train_only"],
+                    help="what to measure: the loader against memory, the split of an update, all against transformer")  # fmt: skip
     args = ap.parse_args()
 
     from agentalign.data import WindowConfig, WindowSampler
@@ -160,43 +218,26 @@ def main() -> None:
               f"parameters), batch {cfg.batch_size} x window {cfg.window} = {frames} frames/update, "
               f"augment {cfg.augment}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")  # fmt: skip
 
-        # 1. Paired: the same update fed from memory and from the loader, alternating.
-        mem_ts, ldr_ts = paired_run(cfg, batches, total, args.warm)
-        mem, ldr = statistics.median(mem_ts), statistics.median(ldr_ts)
-        rows = {"paired_memory": {"median_s": round(mem, 4), "frames_per_s": round(frames / mem)},
-                "paired_loader_w0": {"median_s": round(ldr, 4), "frames_per_s": round(frames / ldr),
-                                     "ratio": round(mem / ldr, 3)}}  # fmt: skip
-        print(f"paired, update by update: in-memory {mem:.3f} s ({frames / mem:,.0f} frames/s), "
-              f"loader-fed {ldr:.3f} s ({frames / ldr:,.0f} frames/s): {mem / ldr:.1%} of in-memory (target >= 90 %)")
-
-        # 2. Whole runs: train_bc itself (logging and all) against the in-memory step, interleaved.
-        times: dict[str, list[float]] = {"memory": []} | {f"loader_w{w}": [] for w in args.workers}
-        for r in range(args.repeats):
-            times["memory"] += memory_run(cfg, batches, total, args.warm)
-            for w in args.workers:
-                out = Path(tmp) / f"run-{r}-w{w}"
-                times[f"loader_w{w}"] += loader_run(replace(cfg, num_workers=w), out, args.warm)
-        mem_run = statistics.median(times["memory"])
-        print(f"{'whole runs':<24}{'s/update':>10}{'frames/s':>10}{'vs memory':>11}")
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            rows[f"run_{name}"] = {"median_s": round(med, 4), "frames_per_s": round(frames / med),
-                                   "ratio": round(mem_run / med, 3)}  # fmt: skip
-            label = "in-memory tensors" if name == "memory" else f"train_bc, {name[8:]} workers"
-            print(f"{label:<24}{med:>10.3f}{frames / med:>10,.0f}{mem_run / med:>10.1%}")
-        rows["load_average_1min"] = round(os.getloadavg()[0], 2)
-        print(f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus (above ~2.2 other work shares the cores)")
-
-        split = split_run(cfg, batches[0])
-        fb = split["encoder_fwd_bwd_ms"] + split["transformer_head_fwd_bwd_ms"]
-        print(f"forward+backward of {frames} frames: encoder {split['encoder_fwd_bwd_ms']:.0f} ms "
-              f"({split['encoder_fwd_bwd_ms'] / fb:.0%}), transformer+head {split['transformer_head_fwd_bwd_ms']:.0f} ms "
-              f"({split['transformer_head_fwd_bwd_ms'] / fb:.0%}); augmentation {split['augment_ms']:.0f} ms "
-              f"({split['augment_ms'] / (1000 * mem):.0%} of an update)")  # fmt: skip
+        rows, split = {}, {}
+        if "feeds" in args.parts:
+            mem = feeds(args, cfg, batches, total, frames, rows, Path(tmp))
+        if "split" in args.parts:
+            split = split_run(cfg, batches[0])
+            fb = split["encoder_fwd_bwd_ms"] + split["transformer_head_fwd_bwd_ms"]
+            print(f"forward+backward of {frames} frames: encoder {split['encoder_fwd_bwd_ms']:.0f} ms "
+                  f"({split['encoder_fwd_bwd_ms'] / fb:.0%}), transformer+head {split['transformer_head_fwd_bwd_ms']:.0f} ms "
+                  f"({split['transformer_head_fwd_bwd_ms'] / fb:.0%}); augmentation {split['augment_ms']:.0f} ms"
+                  + (f" ({split['augment_ms'] / (1000 * mem):.0%} of an update)" if "feeds" in args.parts else ""))  # fmt: skip
+        if "train_only" in args.parts:
+            cmp = paired_train_only(replace(cfg, augment=False), batches, total, args.warm)
+            rows["train_only"] = {m: {"median_s": round(t, 4), "frames_per_s": round(frames / t)} for m, t in cmp.items()}
+            rows["train_only"]["speedup"] = round(cmp["all"] / cmp["transformer"], 3)
+            print(f"paired, no augmentation: whole network {cmp['all']:.3f} s/update, encoder frozen "
+                  f"(train_only=transformer) {cmp['transformer']:.3f} s/update -> {cmp['all'] / cmp['transformer']:.2f}x")
 
     rec = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-           "frames_per_update": frames, "feeds": rows,
+           "frames_per_update": frames, "parts": args.parts, "feeds": rows,
            "split_ms": {k: round(v, 1) for k, v in split.items()}}  # fmt: skip
     path = Path(__file__).parent / "results" / "bc_throughput.jsonl"
     path.parent.mkdir(exist_ok=True)
