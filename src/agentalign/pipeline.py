@@ -476,7 +476,9 @@ def _align_line(target: str, r: dict) -> str:
     if "polish" in r:
         line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
     if "sharpen" in r:
-        line += f", and the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
+        k = r["sharpen"].get("rounds", 1)
+        line += (f", and the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
+                 + (f" in {k} rounds" if k > 1 else ""))  # fmt: skip
     return line
 
 

@@ -88,6 +88,25 @@ def test_sharpen_clones_the_best_of_fresh_low_temperature_episodes(tiny_stack, t
     assert all(torch.equal(final[k], v) for k, v in _params(d / "model").items())
 
 
+def test_sharpen_rounds_each_play_the_agent_the_last_one_cloned(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=4, batch_episodes=4, lr=1e-2, polish_bc=bc, sharpen_episodes=7, sharpen_rounds=3,
+                          seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    dirs = [tmp_path / "out" / "polish" / d for d in ("sharpen", "sharpen2", "sharpen3")]
+    assert [len(open_store(d / "episodes")) for d in dirs] == [3, 2, 2]  # 7 over 3 rounds
+    # Each round starts from the last one's clone (checkpoint parent), and the stage ends on the last.
+    parents = [json.loads((d / "model" / "config.json").read_text())["parent"] for d in dirs]
+    assert parents[1:] == [str((d / "model").resolve()) for d in dirs[:2]]
+    assert all(torch.equal(_params(tmp_path / "out")[k], v) for k, v in _params(dirs[-1] / "model").items())
+    s = summary["sharpen"]
+    assert s["rounds"] == 3 and s["ranked"] == 7 and s["kept"] == sum(r["kept"] for r in s["by_round"])
+    assert sum(s["kept_pads"].values()) == s["kept"]
+    # Other episodes in each round: their own seeds.
+    first = [open_store(d / "episodes").metadata(0)["seed"] for d in dirs]
+    assert len(set(first)) == 3
+
+
 def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2, checkpoint_every=0)
     cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, seed=0)
@@ -160,6 +179,7 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"entropy_bonus": -0.1}, "entropy_bonus"), ({"episodes": 8, "polish_episodes": 9}, "polish_episodes"),
                           ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
                           ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction"),
+                          ({"sharpen_episodes": 4, "sharpen_rounds": 5}, "sharpen_rounds"),
                           ({"spawn_priority": -0.1}, "spawn_priority")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)

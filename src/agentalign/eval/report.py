@@ -339,9 +339,11 @@ def write_report(run: "Run") -> Path:
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
     if sharpened:
+        k = sharpened.get("rounds", 1)
         hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
                  f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "
-                 f"policy; these are online episodes beyond REINFORCE's own, counted in the aligned row above.</p>")  # fmt: skip
+                 f"policy{f' over {k} rounds, each played by the agent the last one cloned' if k > 1 else ''}; "
+                 f"these are online episodes beyond REINFORCE's own, counted in the aligned row above.</p>")  # fmt: skip
     if evaluated("deploy"):
         hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "
                  f"distribution sharpened, as an LLM is decoded below its training temperature; the paper's "

@@ -32,7 +32,8 @@ Departures from the paper, all configurable back to it:
     best ones moves it at once.
   * `sharpen_episodes > 0` (off by default) then plays that many fresh episodes at
     `sharpen_temperature` and clones the best of each spawn's the same way: the agent's
-    low-temperature routes, copied into its T = 1 policy.
+    low-temperature routes, copied into its T = 1 policy. With `sharpen_rounds` > 1 the episodes
+    are split over that many such steps, each played by the agent the last one cloned.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -136,6 +137,9 @@ class ReinforceConfig:
     # At T = 0.3 nearly every episode reaches the target, so the best half is still clean: of the
     # cpu preset's 800, the kept 400 held 396-398 target-pad episodes (RESULTS.md, ninth session).
     sharpen_fraction: float = 0.5
+    # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
+    # plays: the paper's further work (more than one grow step). 1: one round of all of them.
+    sharpen_rounds: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -178,6 +182,9 @@ class ReinforceConfig:
             raise ValueError(f"sharpen_temperature must lie in (0, 1], got {self.sharpen_temperature}")
         if not 0 < self.sharpen_fraction <= 1:
             raise ValueError(f"sharpen_fraction must lie in (0, 1], got {self.sharpen_fraction}")
+        if not 1 <= self.sharpen_rounds <= max(1, self.sharpen_episodes):
+            raise ValueError(f"sharpen_rounds must lie in [1, sharpen_episodes = {self.sharpen_episodes}], "
+                             f"got {self.sharpen_rounds}")  # fmt: skip
 
 
 class SpawnPriority:
@@ -359,8 +366,13 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         summary["polish"] = polish(final, polish_dir, cfg)
         final = polish_dir / "model"
     if cfg.sharpen_episodes:
-        summary["sharpen"] = sharpen(final, reward_dir, polish_dir / "sharpen", cfg)
-        final = polish_dir / "sharpen" / "model"
+        rounds = []
+        for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):  # polish/sharpen, sharpen2, ...
+            d = polish_dir / f"sharpen{i + 1 if i else ''}"
+            one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + 1000 * i)  # its own episodes
+            rounds.append(sharpen(final, reward_dir, d, one))
+            final = d / "model"
+        summary["sharpen"] = _merge_rounds(rounds)
     summary["seconds"] += time.perf_counter() - t0
     Policy.from_pretrained(final).save_pretrained(out, **info, polished=True)
     atomic_write_json(out / "align_summary.json", summary)
@@ -476,6 +488,24 @@ def sharpen(start: Path, reward_dir: Path, out: Path, cfg: ReinforceConfig) -> d
     scores = score_trajectories(store, ids, reward_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, True, replace(cfg.polish_bc, seed=cfg.seed), start, out)
     return {**r, "temperature": cfg.sharpen_temperature}
+
+
+def _split(n: int, k: int) -> list[int]:
+    """n episodes over k rounds, as evenly as they go, the first rounds taking the remainder."""
+    return [n // k + (i < n % k) for i in range(k)]
+
+
+def _merge_rounds(rounds: list[dict]) -> dict:
+    """One summary of the sharpen's rounds: their totals, and each round's own."""
+    pads: dict[str, int] = {}
+    for r in rounds:
+        for p, c in r["kept_pads"].items():
+            pads[p] = pads.get(p, 0) + c
+    out = {**rounds[-1], "ranked": sum(r["ranked"] for r in rounds), "kept": sum(r["kept"] for r in rounds),
+           "kept_pads": dict(sorted(pads.items())), "rounds": len(rounds)}  # fmt: skip
+    if len(rounds) > 1:
+        out["by_round"] = rounds
+    return out
 
 
 def _stack_frames(batch: list[Trajectory], tmax: int) -> torch.Tensor:
