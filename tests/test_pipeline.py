@@ -72,6 +72,9 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     sharpen = json.loads((out / "align" / "stage.json").read_text())["result"]["sharpen"]  # 8 new episodes at T = 0.3
     assert sharpen["ranked"] == 8 and sharpen["temperature"] == 0.3 and "new at T = 0.3 in 2 rounds" in stdout
     assert sharpen["rounds"] == 2 and "over 2 rounds" in html
+    polished = out / "align" / "model" / "polish"
+    soups = [*polished.glob("soup/seed*"), *polished.glob("sharpen*/soup/seed*")]  # the polish and 2 sharpen rounds: 2 each
+    assert len(soups) == 6 and all((d / "model.safetensors").is_file() for d in soups)
     assert "Then a second ReST step (sharpen)" in html and "sharpen, 24 online episodes)" in html  # 16 + 8
     spawns = re.search(r"\(spawn priority\): episodes per spawn, left to right, (\d+) / (\d+) / (\d+) / (\d+)", html)
     assert spawns and sum(map(int, spawns.groups())) == 16  # REINFORCE's episodes, drawn by spawn priority

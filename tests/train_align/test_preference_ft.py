@@ -8,7 +8,7 @@ from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import bc_preset
-from agentalign.train.preference_ft import PreferenceFTConfig, preference_finetune, select_top
+from agentalign.train.preference_ft import PreferenceFTConfig, clone_best, preference_finetune, select_top
 
 
 def test_select_top_keeps_the_best_fifth():
@@ -48,3 +48,23 @@ def test_two_rest_iterations_clone_the_top_trajectories_into_the_head(tiny_stack
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("head.") for k in changed)
     assert json.loads((tmp_path / "pft" / "config.json").read_text())["stage"] == "preference_ft"
+
+
+def test_a_soup_of_clones_is_the_mean_of_its_members_weights(tiny_stack, tmp_path):
+    store = tmp_path / "traj"
+    record_rollouts(tiny_stack["sft"], store, RolloutConfig(episodes=6, seed=1, num_envs=6))
+    bc = replace(bc_preset("smoke"), steps=3, train_only="transformer", lr=1e-2)
+    ids, scores = np.arange(6), np.linspace(0, 1, 6)
+    r = clone_best(open_store(store), ids, scores, 0.5, False, bc, tiny_stack["sft"], tmp_path / "soup", soup=3)
+    single = clone_best(open_store(store), ids, scores, 0.5, False, bc, tiny_stack["sft"], tmp_path / "one")
+    assert r["kept"] == single["kept"] == 3
+    members = [Policy.from_pretrained(tmp_path / "soup" / "soup" / f"seed{j}").state_dict() for j in range(3)]
+    soup = Policy.from_pretrained(tmp_path / "soup" / "model").state_dict()
+    # Member 0 is the single clone (same seed); the others differ (other seeds), and the soup is their mean.
+    one = Policy.from_pretrained(tmp_path / "one" / "model").state_dict()
+    assert all(torch.equal(members[0][k], one[k]) for k in one)
+    assert not torch.equal(members[0]["head.0.weight"], members[1]["head.0.weight"])
+    for k, v in soup.items():
+        torch.testing.assert_close(v.double(), torch.stack([m[k].double() for m in members]).mean(0).to(v.dtype).double())
+    assert not torch.equal(soup["head.0.weight"], members[0]["head.0.weight"])
+    assert json.loads((tmp_path / "soup" / "model" / "config.json").read_text())["parent"] == str(tiny_stack["sft"].resolve())

@@ -180,6 +180,7 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
                           ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction"),
                           ({"sharpen_episodes": 4, "sharpen_rounds": 5}, "sharpen_rounds"),
+                          ({"clone_soup": 0}, "clone_soup"),
                           ({"spawn_priority": -0.1}, "spawn_priority")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)

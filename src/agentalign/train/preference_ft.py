@@ -95,18 +95,42 @@ def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
             w.add(src.episode(int(i)))
 
 
+SOUP_SEED_STEP = 104_729  # member j of a soup clones with BC seed + j * this (apart from other seeds)
+
+
 def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, per_spawn: bool, bc: BCConfig,
-               init: str | Path, out: Path, progress: bool = False) -> dict:  # fmt: skip
+               init: str | Path, out: Path, progress: bool = False, soup: int = 1) -> dict:  # fmt: skip
     """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
-    spawn's, with `per_spawn`), copy them to `out`/top and clone them from `init` into `out`/model."""
+    spawn's, with `per_spawn`), copy them to `out`/top and clone them from `init` into `out`/model.
+    With `soup` > 1, clone that many times with other BC seeds (`out`/soup/seed{j}; member 0 is
+    the single clone) and keep the mean of their weights (`model_soup`)."""
     spawns = np.array([store.metadata(int(i)).get("spawn", -1) for i in ids]) if per_spawn else None
     chosen = select_top(scores, fraction, spawns)
     top = ids[chosen]
     _copy_episodes(store, top, out / "top")
     pads = [store.metadata(int(i)).get("jump_pad") for i in top]
-    train_bc(replace(bc, data=str(out / "top")).with_init(init), out / "model", progress=progress)
+    cfg = replace(bc, data=str(out / "top")).with_init(init)
+    if soup == 1:
+        train_bc(cfg, out / "model", progress=progress)
+    else:
+        members = [out / "soup" / f"seed{j}" for j in range(soup)]
+        for j, d in enumerate(members):
+            train_bc(replace(cfg, seed=bc.seed + SOUP_SEED_STEP * j), d, progress=progress)
+        model_soup(members).save_pretrained(out / "model", stage=bc.stage, parent=str(Path(init).resolve()),
+                                            soup=[str(d) for d in members])  # fmt: skip
     return {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
             "mean_score_all": float(scores.mean()), "mean_score_kept": float(scores[chosen].mean())}  # fmt: skip
+
+
+def model_soup(dirs: list[Path]) -> Policy:
+    """The mean of the weights of policies cloned from one start with other seeds (a "model soup",
+    Wortsman et al., 2022): one clone's outcome moved 12 points with its BC seed alone, and the
+    mean of clones scored above the mean of its members (RESULTS.md, tenth session)."""
+    policies = [Policy.from_pretrained(d) for d in dirs]
+    states = [p.state_dict() for p in policies]
+    mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) for k, v in states[0].items()}
+    policies[0].load_state_dict(mean)
+    return policies[0]
 
 
 def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajectories: str | Path,
