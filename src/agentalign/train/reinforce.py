@@ -139,8 +139,9 @@ class ReinforceConfig:
     sharpen_fraction: float = 0.5
     # The polish and each sharpen round clone this many times with other BC seeds and keep the mean of
     # the clones' weights (a model soup): a clone's outcome moved 12 points with its BC seed alone,
-    # and soups of 2-4 clones scored 1.4-4.2 points above their members' mean (RESULTS.md, tenth
-    # session; measured on clones, not yet through a whole run). Each member costs one more clone.
+    # and soups of 2-4 clones scored 1.4-4.2 points above their members' mean, but two agents
+    # polished and sharpened with k = 2 ended no better (RESULTS.md, tenth session). Each member
+    # costs one more clone.
     clone_soup: int = 1
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
