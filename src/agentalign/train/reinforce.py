@@ -52,6 +52,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -377,7 +378,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         rounds = []
         for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):  # polish/sharpen, sharpen2, ...
             d = polish_dir / f"sharpen{i + 1 if i else ''}"
-            one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + 1000 * i)  # its own episodes
+            one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * i)
             rounds.append(sharpen(final, reward_dir, d, one))
             final = d / "model"
         summary["sharpen"] = _merge_rounds(rounds)
@@ -484,6 +485,7 @@ def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
 
 
 SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart from the evaluation's
+ROUND_SEED_STEP = 1000  # sharpen round i plays (and clones) with cfg.seed + i * this: its own episodes
 
 
 def sharpen(start: Path, reward_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
@@ -507,10 +509,7 @@ def _split(n: int, k: int) -> list[int]:
 
 def _merge_rounds(rounds: list[dict]) -> dict:
     """One summary of the sharpen's rounds: their totals, and each round's own."""
-    pads: dict[str, int] = {}
-    for r in rounds:
-        for p, c in r["kept_pads"].items():
-            pads[p] = pads.get(p, 0) + c
+    pads = sum((Counter(r["kept_pads"]) for r in rounds), Counter())
     out = {**rounds[-1], "ranked": sum(r["ranked"] for r in rounds), "kept": sum(r["kept"] for r in rounds),
            "kept_pads": dict(sorted(pads.items())), "rounds": len(rounds)}  # fmt: skip
     if len(rounds) > 1:
