@@ -88,9 +88,23 @@ def _moving_mean(x: np.ndarray, k: int) -> np.ndarray:
     return np.convolve(x, np.ones(k) / k, mode="valid")
 
 
-def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 10) -> Path:
+def online_episodes(align: dict) -> int:
+    """Online episodes an alignment stage played: REINFORCE's, then the sharpen's (the polish
+    plays none)."""
+    return int(align.get("episodes", 0)) + int((align.get("sharpen") or {}).get("ranked", 0))
+
+
+def _eval_point(ax, x: float, fraction: float, stderr: float, colour, label: str | None, marker: str) -> None:
+    """An evaluation's target-pad success (T = 1, as the batches are sampled) as a point on a curve."""
+    ax.errorbar([x], [100 * fraction], yerr=[100 * stderr], fmt=marker, color=colour, ms=6, capsize=3, label=label)
+
+
+def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 10,
+                   points: tuple[tuple[float, float, float, str], ...] = ()) -> Path:  # fmt: skip
     """Figures 8/9: target-pad success during online alignment against episodes, and the reward
-    model's return beside it (a rising return with flat success would be reward hacking)."""
+    model's return beside it (a rising return with flat success would be reward hacking).
+    `points` (episodes, fraction, stderr, label): evaluations drawn on the curve, e.g. the starting
+    agent at 0 and the final agent after the ReST steps at its online-episode count."""
     plt = _plt()
     eps = np.array([m["align/episodes"] for m in metrics])
     succ = np.array([m["align/success"] for m in metrics])
@@ -103,6 +117,8 @@ def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 1
     xe = eps[k - 1 :]
     ax.plot(xe, 100 * smooth, color="tab:blue", label=f"{target} success (moving mean of {k} batches)")
     ax.fill_between(xe, 100 * (smooth - se), 100 * (smooth + se), color="tab:blue", alpha=0.2)
+    for (x, f, e, label), marker in zip(points, "sDv^"):
+        _eval_point(ax, x, f, e, "tab:blue", label, marker)
     ax.set_xlabel("online episodes")
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 101)
@@ -143,7 +159,8 @@ def mean_distribution(evals: list[dict]) -> dict:
 
 def plot_alignment_curves(curves: dict[str, dict[str, dict]], path: Path) -> Path:
     """Figures 8/9: a panel per target pad, a line per variant (mean over seeds, ±1 SE shaded).
-    As the paper: blue with preference fine-tuning, darker for the larger comparison set."""
+    As the paper: blue with preference fine-tuning, darker for the larger comparison set. A curve's
+    "final" (episodes, mean, stderr over seeds), when there, is its final evaluation: a diamond."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.6), dpi=120, squeeze=False)
     for ax, (target, lines) in zip(axes[0], curves.items()):
@@ -154,6 +171,9 @@ def plot_alignment_curves(curves: dict[str, dict[str, dict]], path: Path) -> Pat
             ax.plot(x, m, color=colour, label=f"{label} ({c['seeds']} seeds)", marker="o" if len(x) < 5 else None)
             if np.isfinite(se).all():
                 ax.fill_between(x, m - se, m + se, color=colour, alpha=0.2)
+            if "final" in c:  # the final agents' evaluation, past REINFORCE's last batch when ReST steps followed
+                f = c["final"]
+                _eval_point(ax, f["episodes"], f["mean"], f["stderr"], colour, None, "D")
         ax.set_title(f"{target} jump pad")
         ax.set_xlabel("online episodes")
         ax.set_ylabel("success (%)")
@@ -192,11 +212,17 @@ def _reproduce_section(run: "Run", res: dict, figs: Path) -> tuple[dict, list[tu
     for v in variants:
         metrics = [read_metrics(run.dir(a) / "model") for a, _ in v.runs]
         evals = [res.get(e) or {} for _, e in v.runs]
+        done = all("jump_pads" in e for e in evals)
+        d = mean_distribution(evals) if done else None
         if all(metrics):
-            curves.setdefault(v.target, {})[v.label] = alignment_curve(metrics)
-        if not all("jump_pads" in e for e in evals):
+            c = curves.setdefault(v.target, {})[v.label] = alignment_curve(metrics)
+            if d:
+                t = d["jump_pads"][v.target]
+                c["final"] = {"episodes": float(np.mean([online_episodes(res.get(a) or {}) for a, _ in v.runs])),
+                              "mean": t["fraction"], "stderr": t["stderr"]}  # fmt: skip
+        if not d:
             continue
-        d = final.setdefault(v.target, {})[v.label] = mean_distribution(evals)
+        final.setdefault(v.target, {})[v.label] = d
         paper = _paper_alignment(v.target, v.comparisons, v.pft)
         rows.append((f"Aligned to {v.target}, {v.label}: {v.target} pad (mean of {len(evals)} seeds)",
                      d["jump_pads"][v.target]["fraction"], paper, "figs. 8/9, app. I"))  # fmt: skip
@@ -207,7 +233,8 @@ def _reproduce_section(run: "Run", res: dict, figs: Path) -> tuple[dict, list[tu
         plot_alignment_curves(curves, figs / "reproduce_curves.png")
         page += f"<h2>Alignment variants (figures 8/9)</h2>{_img(figs / 'reproduce_curves.png')}"
         page += ("<p>Each line: target-pad success per batch, a moving mean per seed, then the mean over seeds; "
-                 "shaded ±1 standard error over seeds.</p>")  # fmt: skip
+                 "shaded ±1 standard error over seeds. A diamond: the final agents' evaluation (mean ± 1 standard "
+                 "error over seeds), drawn at the online episodes they played, the ReST steps' included.</p>")  # fmt: skip
     if final:
         for target, dists in final.items():
             marks = {label: {target: PAPER[f"align_{target}"]} for label in dists if label == "large set, PFT + RL"
@@ -259,13 +286,20 @@ def write_report(run: "Run") -> Path:
     final = {k: evaluated(k) for k in ("sft", "pft", "align", "deploy", "dpo")}
     plot_distributions(bc, PAPER, figs / "bc.png", "Jump pads reached: base, SFT, scratch (figs. 3-5)")
     plot_distributions(final, {}, figs / "final.png", f"Final distributions, aligned to {target} (app. I)")
-    align_metrics = read_metrics(run.dir("align") / "model")
-    if align_metrics:
-        plot_alignment(align_metrics, target, figs / "align.png")
-
     def frac(stage: str, pad: str) -> float | None:
         r = res.get(stage)
         return r["jump_pads"][pad]["fraction"] if r and "jump_pads" in r else None
+
+    polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
+    sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
+    online = online_episodes(res.get("align", {}))
+    align_metrics = read_metrics(run.dir("align") / "model")
+    if align_metrics:
+        ends = [(0, "eval_pft", "preference-fine-tuned agent (evaluation)"),
+                (online, "eval_align", "aligned agent" + (" after the ReST steps" if polish or sharpened else "") + " (evaluation)")]  # fmt: skip
+        points = tuple((x, res[e]["jump_pads"][target]["fraction"], res[e]["jump_pads"][target]["stderr"], label)
+                       for x, e, label in ends if evaluated(e.removeprefix("eval_")))  # fmt: skip
+        plot_alignment(align_metrics, target, figs / "align.png", points=points)
 
     sweep_rows = json.loads((run.dir("sweep") / "sweep.json").read_text())["rows"] if (run.dir("sweep") / "sweep.json").is_file() else []
 
@@ -278,9 +312,6 @@ def write_report(run: "Run") -> Path:
         return float(np.mean([r["reward/accuracy"] for r in sel if r["comparisons"] == x]))
 
     # The claims of the paper, ours beside them.
-    polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
-    sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
-    online = res.get("align", {}).get("episodes", 0) + (sharpened["ranked"] if sharpened else 0)  # REINFORCE's + the sharpen's
     rows = [
         ("Base agent fails (no pad)", frac("eval_base", "none"), "43 %", "fig. 3"),
         ("Base agent, middle pad (the most)", frac("eval_base", "middle"), "37 %", "fig. 3"),
