@@ -16,6 +16,7 @@ from agentalign.rollout import (
     RolloutConfig,
     RolloutStats,
     UNIFORM_LOG_PROB,
+    episode_seeds,
     iter_waves,
     rollout,
     sample_from_uniforms,
@@ -104,6 +105,18 @@ def test_a_caller_picks_each_waves_spawns(policy, cached):
     for t, t0 in zip(picked, first):
         np.testing.assert_allclose(t.pos[0], W.SPAWNS[t.spawn])
         assert t.yaw[0] == t0.yaw[0]  # the spawn drawn anyway: the yaw jitter's stream is unchanged
+
+
+def test_samples_per_start_share_the_start_and_sample_apart(policy, cached):
+    first, _ = cached
+    grouped = rollout(PolicyActor(policy), replace(CFG, episodes=6, samples_per_start=3))
+    assert [t.seed for t in grouped] == [first[0].seed] * 3 + [first[3].seed] * 3  # each group: its first episode's start
+    assert [t.sample_seed for t in grouped] == [episode_seeds(CFG.seed, k)[1] for k in range(6)]
+    for g in (grouped[:3], grouped[3:]):
+        assert len({(t.spawn, float(t.yaw[0])) for t in g}) == 1
+        assert len({t.actions.tobytes() for t in g}) == 3  # one start, three samples
+    with pytest.raises(ValueError, match="spawn_of picks each episode's spawn"):
+        next(iter_waves(PolicyActor(policy), replace(CFG, samples_per_start=2), spawn_of=lambda e: [0] * len(e)))
 
 
 def test_temperature_changes_the_sampling_not_the_policy(policy, cached):

@@ -10,8 +10,9 @@ from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
-from agentalign.rollout import RolloutConfig, iter_waves
-from agentalign.train.reinforce import ReinforceConfig, SpawnPriority, TrajectoryRewarder, _update, train_reinforce
+from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, rollout
+from agentalign.train.reinforce import (ReinforceConfig, SpawnPriority, TrajectoryRewarder, _update, start_groups,
+                                        train_reinforce)
 
 
 def _params(d):
@@ -164,6 +165,17 @@ def test_spawn_priority_draws_the_spawns_of_the_episodes(tiny_stack, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_samples_per_start_groups_the_start_baseline_by_start(tiny_stack, tmp_path):
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, baseline="start", samples_per_start=2, seed=0)
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert summary["updates"] == 2
+    before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    trajs = rollout(RandomActor(64), RolloutConfig(episodes=4, num_envs=4, max_steps=5, samples_per_start=2))
+    assert start_groups(trajs, 2).tolist() == [trajs[0].seed] * 2 + [trajs[2].seed] * 2  # pairs from one start
+    assert start_groups(trajs, 1).tolist() == [t.spawn for t in trajs]  # else the spawn, as before
+
+
 def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
     cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=3e-3, schedule="linear", seed=0)
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
@@ -181,7 +193,9 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction"),
                           ({"sharpen_episodes": 4, "sharpen_rounds": 5}, "sharpen_rounds"),
                           ({"clone_soup": 0}, "clone_soup"),
-                          ({"spawn_priority": -0.1}, "spawn_priority")]:  # fmt: skip
+                          ({"spawn_priority": -0.1}, "spawn_priority"),
+                          ({"batch_episodes": 16, "samples_per_start": 3}, "samples_per_start must .* divides batch_episodes"),
+                          ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

@@ -67,9 +67,13 @@ class RolloutConfig:
     keep_h: bool = False  # per-step transformer outputs, for head-only REINFORCE
     keep_z: bool = False  # per-frame encoder embeddings, so that REINFORCE need not encode again
     keep_logits: bool = False  # per-step logits (tests, diagnostics)
+    # Consecutive episodes in groups of this size (by episode number) share their env seed, so their
+    # spawn and initial yaw, and sample their own actions: k samples from one start state, as
+    # RLOO and GRPO sample k completions of one prompt. 1: every episode its own start.
+    samples_per_start: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "num_envs", "max_steps"):
+        for name in ("episodes", "num_envs", "max_steps", "samples_per_start"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -156,6 +160,12 @@ def episode_seeds(seed: int, index: int) -> tuple[int, int]:
     return int(env >> 1), int(sample >> 1)  # < 2**63: valid for numpy and torch.manual_seed
 
 
+def start_seeds(seed: int, index: int, samples_per_start: int = 1) -> tuple[int, int]:
+    """episode_seeds, the env seed taken from the first episode of `index`'s group of
+    `samples_per_start`: the group starts alike and samples apart."""
+    return episode_seeds(seed, index - index % samples_per_start)[0], episode_seeds(seed, index)[1]
+
+
 def as_actor(policy_or_actor, cfg: RolloutConfig) -> Actor:
     """A `Policy` becomes a `PolicyActor` at cfg.temperature; an actor is checked against cfg."""
     from agentalign.models import Policy
@@ -178,6 +188,8 @@ def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None =
     caller may train between waves. `spawn_of(episode indices)`, called before each wave, picks
     their spawns instead of `cfg.spawn` (a caller's curriculum over start states)."""
     actor = as_actor(policy_or_actor, cfg)
+    if spawn_of is not None and cfg.samples_per_start > 1:
+        raise ValueError("spawn_of picks each episode's spawn, samples_per_start > 1 shares one per group: choose one")
     size = int(actor.image_size)
     if size < 16:
         raise ValueError(f"the policy takes {size}x{size} frames; SkyGarden renders 16x16 or larger")
@@ -221,7 +233,7 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
     wave_t0 = time.perf_counter()
     n, S, N = len(episodes), cfg.max_steps, batch.n
     rows = np.arange(n)
-    seeds = [episode_seeds(cfg.seed, k) for k in episodes]
+    seeds = [start_seeds(cfg.seed, k, cfg.samples_per_start) for k in episodes]
     st = batch.state
 
     t0 = time.perf_counter()

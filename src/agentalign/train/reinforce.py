@@ -21,6 +21,9 @@ Departures from the paper, all configurable back to it:
     standard deviation (over the batch, or per spawn as GRPO does per prompt), `schedule="linear"`
     decays the lr to 0, `entropy_bonus` rewards exploring, and `epochs > 1` reuses each batch with
     PPO's clipped ratio.
+  * `samples_per_start > 1` (off by default) plays each batch as groups of episodes from one start
+    state (spawn and initial yaw), each sampling its own actions, as RLOO and GRPO sample several
+    completions of a prompt; the "start" baseline then compares episodes within a group.
   * `spawn_priority > 0` (off by default; the paper's spawns are uniform) draws part of each
     batch's spawns where the agent's episodes still disagree, as Prioritized Level Replay
     (Jiang et al., 2021) does over levels (`SpawnPriority`): REINFORCE flips a route only through
@@ -103,6 +106,12 @@ class ReinforceConfig:
     # 0: uniform spawns, the paper's. 0.5 on the cpu preset (3 seeds a pad, RESULTS.md, ninth
     # session): right pad 84.7 -> 90.9 %, left 93.3 -> 84.7 % (two seeds took the middle pad).
     spawn_priority: float = 0.0
+    # Episodes played from each start state (spawn and initial yaw, one env seed) in a batch, each
+    # sampling its own actions, as RLOO and GRPO sample k completions of one prompt. With k > 1 the
+    # "start" baseline and "spawn" normalisation compare an episode with the others from its very
+    # start: the aligned agent's misses cluster at a spawn's edge of initial yaws (RESULTS.md,
+    # eleventh session), which a spawn-wide baseline averages away. 1: a start per episode.
+    samples_per_start: int = 1
     # Added to each standard deviation: about the spread of the reward model's scores among one
     # spawn's successes on the cpu preset (0.05-0.12), so a group of like outcomes is not amplified.
     normalise_eps: float = 0.05
@@ -175,6 +184,13 @@ class ReinforceConfig:
             raise ValueError(f"normalise must be none, batch or spawn, got {self.normalise!r}")
         if not 0 <= self.spawn_priority <= 1:
             raise ValueError(f"spawn_priority must lie in [0, 1] (0: uniform spawns), got {self.spawn_priority}")
+        if isinstance(self.samples_per_start, bool) or not isinstance(self.samples_per_start, int) \
+                or self.samples_per_start < 1 or self.batch_episodes % self.samples_per_start:
+            raise ValueError(f"samples_per_start must be a positive integer that divides batch_episodes "
+                             f"({self.batch_episodes}), got {self.samples_per_start!r}")  # fmt: skip
+        if self.samples_per_start > 1 and self.spawn_priority > 0:
+            raise ValueError("spawn_priority draws each episode's spawn and samples_per_start > 1 shares one start "
+                             "among several: set one of them to its default")  # fmt: skip
         if self.normalise_eps < 0:
             raise ValueError(f"normalise_eps must be >= 0, got {self.normalise_eps}")
         if self.baseline not in ("none", "mean", "loo", "start"):
@@ -418,7 +434,8 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
     log = MetricsLogger(out)
     # Waves of one batch each: every update is on-policy. Frames are kept for the reward model.
     roll = RolloutConfig(episodes=cfg.episodes, seed=cfg.seed, temperature=cfg.temperature,
-                         num_envs=cfg.batch_episodes, keep_frames=None, keep_h=cfg.train_only == "head",
+                         num_envs=cfg.batch_episodes, samples_per_start=cfg.samples_per_start,
+                         keep_frames=None, keep_h=cfg.train_only == "head",
                          keep_z=cfg.train_only == "transformer" or shared != "nothing")  # fmt: skip
     history = []
     done = dropped = 0
@@ -470,6 +487,12 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
     if kept is not None:
         kept.close()
     return policy, summary, info
+
+
+def start_groups(batch: list[Trajectory], samples_per_start: int) -> torch.Tensor:
+    """(B,) the start-state group of each episode, for the "start" baseline: its env seed where
+    several episodes share one (samples_per_start > 1), else its spawn."""
+    return torch.tensor([tr.seed if samples_per_start > 1 else tr.spawn for tr in batch], dtype=torch.int64)
 
 
 def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
@@ -565,10 +588,10 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
     else:
         features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
     returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
-    spawns = torch.tensor([tr.spawn for tr in batch])  # (B,)
-    base = baseline(R, cfg.baseline, spawns)  # (B,)
+    starts = start_groups(batch, cfg.samples_per_start)  # (B,)
+    base = baseline(R, cfg.baseline, starts)  # (B,)
     if cfg.normalise != "none":
-        scale = advantage_scale(R, base, spawns if cfg.normalise == "spawn" else None, cfg.normalise_eps)  # (B,)
+        scale = advantage_scale(R, base, starts if cfg.normalise == "spawn" else None, cfg.normalise_eps)  # (B,)
         returns, base = returns * scale[:, None], base * scale
     ref = None
     if cfg.beta > 0:
