@@ -10,7 +10,7 @@ from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
-from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, rollout
+from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, record_rollouts, rollout
 from agentalign.train.reinforce import (ReinforceConfig, SpawnPriority, TrajectoryRewarder, _update, start_groups,
                                         train_reinforce)
 
@@ -78,7 +78,7 @@ def test_sharpen_clones_the_best_of_fresh_low_temperature_episodes(tiny_stack, t
     played = open_store(d / "episodes")
     assert len(played) == 6 and {played.metadata(i)["temperature"] for i in range(6)} == {0.3}
     # Scored afresh by the reward model; half of each spawn's kept, the best first.
-    scores = score_trajectories(played, np.arange(6), tiny_stack["rm"])
+    scores = score_trajectories(played, np.arange(6), tiny_stack["rm"], tiny_stack["sft"])
     spawns = np.array([played.metadata(i)["spawn"] for i in range(6)])
     assert np.isfinite(scores).all()
     top = open_store(d / "top")
@@ -163,6 +163,24 @@ def test_spawn_priority_draws_the_spawns_of_the_episodes(tiny_stack, tmp_path):
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "b", cfg)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scoring_takes_the_named_encoder_not_the_path_the_reward_model_recorded(tiny_stack, tmp_path, monkeypatch):
+    # A run folder moved, or resumed from another directory: the recorded (relative) path is gone.
+    moved = tmp_path / "moved_rm"
+    shutil.copytree(tiny_stack["rm"], moved)
+    cfg_file = moved / "config.json"
+    cfg_file.write_text(cfg_file.read_text().replace(str(tiny_stack["sft"]), "runs/elsewhere/sft/model"))
+    monkeypatch.chdir(tmp_path)
+    record_rollouts(tiny_stack["sft"], tmp_path / "played", RolloutConfig(episodes=4, num_envs=4, max_steps=10))
+    store = open_store(tmp_path / "played")
+    ids = np.arange(4)
+    np.testing.assert_array_equal(score_trajectories(store, ids, moved, tiny_stack["sft"]),
+                                  score_trajectories(store, ids, tiny_stack["rm"], tiny_stack["sft"]))  # fmt: skip
+    with pytest.raises(ValueError, match="trained on the embeddings of policy"):
+        score_trajectories(store, ids, moved, tiny_stack["other"])
+    with pytest.raises(ValueError, match="name that policy's checkpoint"):
+        score_trajectories(store, ids, moved, None)
 
 
 def test_samples_per_start_groups_the_start_baseline_by_start(tiny_stack, tmp_path):

@@ -228,6 +228,18 @@ class RandomEncoder:
         return self(torch.stack([pad_trajectory(f, a, horizon, pad)[0] for f, a in zip(frames, actions)]))
 
 
+def check_reward_matches(reward_dir: str | Path, reference_dir: str | Path) -> dict:
+    """Refuse a reward model trained on another policy's embeddings; -> its metadata."""
+    meta = RewardModel.from_pretrained(reward_dir)[1]
+    if meta.get("encoder") == "agent":
+        fp = checkpoint_fingerprint(reference_dir)
+        if meta.get("policy_fingerprint") != fp:
+            raise ValueError(f"reward model {reward_dir} was trained on the embeddings of policy "
+                             f"{meta.get('policy')!r} (fingerprint {meta.get('policy_fingerprint')}), "
+                             f"not of the reference {reference_dir} (fingerprint {fp})")  # fmt: skip
+    return meta
+
+
 def load_encoder(kind: str, policy_dir: str | Path | None, image_size: int, seed: int = 0, dim: int = 512):
     """The encoder a reward model needs: `agent` (from a policy checkpoint) or `random`."""
     if kind == "agent":

@@ -30,7 +30,7 @@ import torch
 
 from agentalign.data import StoreWriter, open_store
 from agentalign.models import Policy
-from agentalign.models.reward import RewardModel, load_encoder
+from agentalign.models.reward import RewardModel, check_reward_matches, load_encoder
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import BCConfig, bc_preset, train_bc
 from agentalign.train.common import atomic_write_json
@@ -65,10 +65,18 @@ class PreferenceFTConfig:
             raise ValueError(f"rank must be 'train' or 'all', got {self.rank!r}")
 
 
-def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path) -> np.ndarray:
-    """(len(ids),) normalised rewards of store episodes under the reward model at `reward_dir`."""
+def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path, encoder_policy: str | Path | None) -> np.ndarray:
+    """(len(ids),) normalised rewards of store episodes under the reward model at `reward_dir`.
+
+    `encoder_policy`: the checkpoint of the policy whose embeddings the reward model was trained on
+    (checked by fingerprint), for an agent-encoder reward model; the caller names it, as the path the
+    reward model recorded need not hold from another working directory or after a run folder moved."""
     model, meta = RewardModel.from_pretrained(reward_dir)
-    encoder = load_encoder(meta["encoder"], meta.get("policy"), store.image_size[0], int(meta.get("random_seed", 0)),
+    if meta["encoder"] == "agent":
+        if encoder_policy is None:
+            raise ValueError(f"reward model {reward_dir} scores with a policy's embeddings: name that policy's checkpoint")
+        check_reward_matches(reward_dir, encoder_policy)
+    encoder = load_encoder(meta["encoder"], encoder_policy, store.image_size[0], int(meta.get("random_seed", 0)),
                            model.cfg.embed_dim)  # fmt: skip
     emb = embed_trajectories(encoder, store, ids, model.cfg.horizon, model.cfg.pad)
     with torch.no_grad():
@@ -151,7 +159,7 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
             record_rollouts(current, roll, RolloutConfig(episodes=cfg.rollout_episodes, seed=cfg.seed + it))
             store = open_store(roll)
             ids = np.arange(len(store))
-        scores = score_trajectories(store, ids, reward_dir)
+        scores = score_trajectories(store, ids, reward_dir, policy_dir)  # the SFT agent: the reward model's encoder
         per_spawn = it > 1 and cfg.grow_per_spawn
         bc = replace(cfg.bc, seed=cfg.seed + it)
         rounds.append({"iteration": it, **clone_best(store, ids, scores, cfg.top_fraction, per_spawn, bc, current, d,

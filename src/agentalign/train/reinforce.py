@@ -67,7 +67,7 @@ import torch.nn as nn
 from agentalign.data import StoreWriter, open_store
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, checkpoint_fingerprint,
+from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, check_reward_matches,
                                      sliding_window_features, windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
@@ -328,18 +328,6 @@ class TrajectoryRewarder:
 # ---- the stage ---------------------------------------------------------------------------------
 
 
-def check_reward_matches(reward_dir: Path, reference_dir: Path) -> dict:
-    """Refuse a reward model trained on another policy's embeddings."""
-    meta = RewardModel.from_pretrained(reward_dir)[1]
-    if meta.get("encoder") == "agent":
-        fp = checkpoint_fingerprint(reference_dir)
-        if meta.get("policy_fingerprint") != fp:
-            raise ValueError(f"reward model {reward_dir} was trained on the embeddings of policy "
-                             f"{meta.get('policy')!r} (fingerprint {meta.get('policy_fingerprint')}), "
-                             f"not of the reference {reference_dir} (fingerprint {fp})")  # fmt: skip
-    return meta
-
-
 def _frozen_matches(policy: Policy, reference: Policy, prefixes: tuple[str, ...]) -> bool:
     """Whether the parameters under `prefixes` are the reference's (so its features can be shared)."""
     ref = reference.state_dict()
@@ -395,7 +383,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):  # polish/sharpen, sharpen2, ...
             d = polish_dir / f"sharpen{i + 1 if i else ''}"
             one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * i)
-            rounds.append(sharpen(final, reward_dir, d, one))
+            rounds.append(sharpen(final, reward_dir, reference_dir, d, one))
             final = d / "model"
         summary["sharpen"] = _merge_rounds(rounds)
     summary["seconds"] += time.perf_counter() - t0
@@ -511,15 +499,15 @@ SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart fr
 ROUND_SEED_STEP = 1000  # sharpen round i plays (and clones) with cfg.seed + i * this: its own episodes
 
 
-def sharpen(start: Path, reward_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
+def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
-    spawn's by the reward model into it (out/top, out/model)."""
+    spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model)."""
     record_rollouts(start, out / "episodes", RolloutConfig(episodes=cfg.sharpen_episodes, seed=SHARPEN_SEED + cfg.seed,
                                                            temperature=cfg.sharpen_temperature))  # fmt: skip
     store = open_store(out / "episodes")
     ids = np.arange(len(store))
-    scores = score_trajectories(store, ids, reward_dir)
+    scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, True, replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup)  # fmt: skip
     return {**r, "temperature": cfg.sharpen_temperature}
