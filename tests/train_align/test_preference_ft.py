@@ -55,8 +55,8 @@ def test_a_soup_of_clones_is_the_mean_of_its_members_weights(tiny_stack, tmp_pat
     record_rollouts(tiny_stack["sft"], store, RolloutConfig(episodes=6, seed=1, num_envs=6))
     bc = replace(bc_preset("smoke"), steps=3, train_only="transformer", lr=1e-2)
     ids, scores = np.arange(6), np.linspace(0, 1, 6)
-    r = clone_best(open_store(store), ids, scores, 0.5, False, bc, tiny_stack["sft"], tmp_path / "soup", soup=3)
-    single = clone_best(open_store(store), ids, scores, 0.5, False, bc, tiny_stack["sft"], tmp_path / "one")
+    r = clone_best(open_store(store), ids, scores, 0.5, None, bc, tiny_stack["sft"], tmp_path / "soup", soup=3)
+    single = clone_best(open_store(store), ids, scores, 0.5, None, bc, tiny_stack["sft"], tmp_path / "one")
     assert r["kept"] == single["kept"] == 3
     members = [Policy.from_pretrained(tmp_path / "soup" / "soup" / f"seed{j}").state_dict() for j in range(3)]
     soup = Policy.from_pretrained(tmp_path / "soup" / "model").state_dict()

@@ -165,6 +165,23 @@ def test_spawn_priority_draws_the_spawns_of_the_episodes(tiny_stack, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sharpen_best_of_k_per_start_keeps_one_episode_of_each_start(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=4, batch_episodes=4, lr=1e-2, polish_bc=bc, sharpen_episodes=8,
+                          sharpen_samples_per_start=4, sharpen_fraction=0.25, seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    d = tmp_path / "out" / "polish" / "sharpen"
+    played, top = open_store(d / "episodes"), open_store(d / "top")
+    seeds = [played.metadata(i)["seed"] for i in range(8)]
+    assert seeds[:4] == [seeds[0]] * 4 and seeds[4:] == [seeds[4]] * 4 and seeds[0] != seeds[4]  # two starts
+    scores = score_trajectories(played, np.arange(8), tiny_stack["rm"], tiny_stack["sft"])
+    best = {played.metadata(int(i))["sample_seed"] for i in (np.argmax(scores[:4]), 4 + np.argmax(scores[4:]))}
+    assert summary["sharpen"]["kept"] == len(top) == 2
+    assert {top.metadata(i)["sample_seed"] for i in range(2)} == best  # the best of each start's four
+    with pytest.raises(ValueError, match="sharpen_samples_per_start must .* divides each sharpen round"):
+        ReinforceConfig(sharpen_episodes=8, sharpen_rounds=2, sharpen_samples_per_start=3)
+
+
 def test_scoring_takes_the_named_encoder_not_the_path_the_reward_model_recorded(tiny_stack, tmp_path, monkeypatch):
     # A run folder moved, or resumed from another directory: the recorded (relative) path is gone.
     moved = tmp_path / "moved_rm"

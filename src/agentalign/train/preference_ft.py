@@ -106,14 +106,15 @@ def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
 SOUP_SEED_STEP = 104_729  # member j of a soup clones with BC seed + j * this (apart from other seeds)
 
 
-def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, per_spawn: bool, bc: BCConfig,
+def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, group_by: str | None, bc: BCConfig,
                init: str | Path, out: Path, progress: bool = False, soup: int = 1) -> dict:  # fmt: skip
     """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
-    spawn's, with `per_spawn`), copy them to `out`/top and clone them from `init` into `out`/model.
+    group's, with `group_by` an episode metadata key: "spawn", or "seed" for the episodes played from
+    one start state), copy them to `out`/top and clone them from `init` into `out`/model.
     With `soup` > 1, clone that many times with other BC seeds (`out`/soup/seed{j}; member 0 is
     the single clone) and keep the mean of their weights (`model_soup`)."""
-    spawns = np.array([store.metadata(int(i)).get("spawn", -1) for i in ids]) if per_spawn else None
-    chosen = select_top(scores, fraction, spawns)
+    groups = np.array([store.metadata(int(i)).get(group_by, -1) for i in ids]) if group_by else None
+    chosen = select_top(scores, fraction, groups)
     top = ids[chosen]
     _copy_episodes(store, top, out / "top")
     pads = [store.metadata(int(i)).get("jump_pad") for i in top]
@@ -160,7 +161,7 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
             store = open_store(roll)
             ids = np.arange(len(store))
         scores = score_trajectories(store, ids, reward_dir, policy_dir)  # the SFT agent: the reward model's encoder
-        per_spawn = it > 1 and cfg.grow_per_spawn
+        per_spawn = "spawn" if it > 1 and cfg.grow_per_spawn else None
         bc = replace(cfg.bc, seed=cfg.seed + it)
         rounds.append({"iteration": it, **clone_best(store, ids, scores, cfg.top_fraction, per_spawn, bc, current, d,
                                                      progress)})  # fmt: skip

@@ -147,6 +147,12 @@ class ReinforceConfig:
     # At T = 0.3 nearly every episode reaches the target, so the best half is still clean: of the
     # cpu preset's 800, the kept 400 held 396-398 target-pad episodes (RESULTS.md, ninth session).
     sharpen_fraction: float = 0.5
+    # The sharpen's episodes in groups of this many from one start state (spawn and initial yaw), the
+    # best `sharpen_fraction` of each group kept instead of each spawn's: with 1/k, the best of k
+    # samples per start, as rejection-sampling fine-tuning keeps the best of k completions per prompt.
+    # A spawn-wide quota fills with the starts where the agent already succeeds and starves those
+    # where it mostly misses (RESULTS.md, eleventh session). 1: per spawn.
+    sharpen_samples_per_start: int = 1
     # The polish and each sharpen round clone this many times with other BC seeds and keep the mean of
     # the clones' weights (a model soup): a clone's outcome moved 12 points with its BC seed alone,
     # and soups of 2-4 clones scored 1.4-4.2 points above their members' mean, but two agents
@@ -210,6 +216,10 @@ class ReinforceConfig:
         if not 1 <= self.sharpen_rounds <= max(1, self.sharpen_episodes):
             raise ValueError(f"sharpen_rounds must lie in [1, sharpen_episodes = {self.sharpen_episodes}], "
                              f"got {self.sharpen_rounds}")  # fmt: skip
+        k = self.sharpen_samples_per_start
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (k > 1 and self.sharpen_episodes % (k * self.sharpen_rounds)):
+            raise ValueError(f"sharpen_samples_per_start must be a positive integer that divides each sharpen round's "
+                             f"episodes ({self.sharpen_episodes} over {self.sharpen_rounds}), got {k!r}")  # fmt: skip
 
 
 class SpawnPriority:
@@ -491,7 +501,7 @@ def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
     if not len(ids):
         raise ValueError(f"no episode with a finite reward among the last {cfg.polish_episodes}: nothing to polish with")
     scores = np.array([store.metadata(int(i))["reward"] for i in ids])
-    return clone_best(store, ids, scores, cfg.polish_fraction, True, replace(cfg.polish_bc, seed=cfg.seed), reinforced, out,
+    return clone_best(store, ids, scores, cfg.polish_fraction, "spawn", replace(cfg.polish_bc, seed=cfg.seed), reinforced, out,
                       soup=cfg.clone_soup)  # fmt: skip
 
 
@@ -503,12 +513,13 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
     spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model)."""
+    k = cfg.sharpen_samples_per_start
     record_rollouts(start, out / "episodes", RolloutConfig(episodes=cfg.sharpen_episodes, seed=SHARPEN_SEED + cfg.seed,
-                                                           temperature=cfg.sharpen_temperature))  # fmt: skip
+                                                           temperature=cfg.sharpen_temperature, samples_per_start=k))  # fmt: skip
     store = open_store(out / "episodes")
     ids = np.arange(len(store))
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
-    r = clone_best(store, ids, scores, cfg.sharpen_fraction, True, replace(cfg.polish_bc, seed=cfg.seed), start, out,
+    r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup)  # fmt: skip
     return {**r, "temperature": cfg.sharpen_temperature}
 
