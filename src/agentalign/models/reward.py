@@ -228,9 +228,10 @@ class RandomEncoder:
         return self(torch.stack([pad_trajectory(f, a, horizon, pad)[0] for f, a in zip(frames, actions)]))
 
 
-def check_reward_matches(reward_dir: str | Path, reference_dir: str | Path) -> dict:
-    """Refuse a reward model trained on another policy's embeddings; -> its metadata."""
-    meta = RewardModel.from_pretrained(reward_dir)[1]
+def check_reward_matches(reward_dir: str | Path, reference_dir: str | Path, meta: dict | None = None) -> dict:
+    """Refuse a reward model trained on another policy's embeddings; -> its metadata (`meta`, when
+    the caller has already read it)."""
+    meta = RewardModel.from_pretrained(reward_dir)[1] if meta is None else meta
     if meta.get("encoder") == "agent":
         fp = checkpoint_fingerprint(reference_dir)
         if meta.get("policy_fingerprint") != fp:

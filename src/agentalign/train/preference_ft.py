@@ -75,7 +75,7 @@ def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path, encoder_p
     if meta["encoder"] == "agent":
         if encoder_policy is None:
             raise ValueError(f"reward model {reward_dir} scores with a policy's embeddings: name that policy's checkpoint")
-        check_reward_matches(reward_dir, encoder_policy)
+        check_reward_matches(reward_dir, encoder_policy, meta)
     encoder = load_encoder(meta["encoder"], encoder_policy, store.image_size[0], int(meta.get("random_seed", 0)),
                            model.cfg.embed_dim)  # fmt: skip
     emb = embed_trajectories(encoder, store, ids, model.cfg.horizon, model.cfg.pad)
@@ -161,9 +161,9 @@ def preference_finetune(policy_dir: str | Path, reward_dir: str | Path, trajecto
             store = open_store(roll)
             ids = np.arange(len(store))
         scores = score_trajectories(store, ids, reward_dir, policy_dir)  # the SFT agent: the reward model's encoder
-        per_spawn = "spawn" if it > 1 and cfg.grow_per_spawn else None
+        group_by = "spawn" if it > 1 and cfg.grow_per_spawn else None
         bc = replace(cfg.bc, seed=cfg.seed + it)
-        rounds.append({"iteration": it, **clone_best(store, ids, scores, cfg.top_fraction, per_spawn, bc, current, d,
+        rounds.append({"iteration": it, **clone_best(store, ids, scores, cfg.top_fraction, group_by, bc, current, d,
                                                      progress)})  # fmt: skip
         current = d / "model"
     policy = Policy.from_pretrained(current)
