@@ -30,7 +30,8 @@ def test_pairwise_metrics_by_hand():
     assert abs(m["reward/margin"] - ((0.9 - 0.1) + (0.1 - 0.5)) / 2) < 1e-6
 
 
-def test_preference_matrix_and_training_learn_a_clear_signal():
+@pytest.mark.parametrize("head", ["concat", "sum"])
+def test_preference_matrix_and_training_learn_a_clear_signal(head):
     # Trajectories whose embeddings carry their score in one feature: the model must find it.
     g = torch.Generator().manual_seed(0)
     m, e = 40, 8
@@ -41,12 +42,40 @@ def test_preference_matrix_and_training_learn_a_clear_signal():
     prefs = PreferenceSet("x", [Preference(tuple(int(i) for i in ids), ranking=tuple(int(m - 1 - s) for s in score))])
     P = preference_matrix(prefs, ids)
     assert count_comparisons(P) == m * (m - 1) // 2
-    before = pairwise_metrics(RewardModel(RewardModelConfig("random", e))(emb).detach(), P)["reward/accuracy"]
-    model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16))
+    before = pairwise_metrics(RewardModel(RewardModelConfig("random", e, head=head))(emb).detach(), P)["reward/accuracy"]
+    model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16,
+                                                               head=head))  # fmt: skip
+    assert model.cfg.head == head
     after = pairwise_metrics(model(emb).detach(), P)["reward/accuracy"]
     assert after > 0.95 and after > before
     n = model.normalised(emb).detach()
     assert float(n.min()) == 0.0 and float(n.max()) == 1.0
+
+
+def test_sum_head_scores_a_view_the_same_at_any_step_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = RewardModel(RewardModelConfig("random", 8, head="sum"))
+    emb = torch.randn(3, 100, 8)
+    per_step = model.step_mlp(emb).squeeze(-1)  # (3, 100)
+    assert torch.allclose(model(emb), per_step.sum(1), atol=1e-5)
+    # The sum has no per-position weights: permuting the steps leaves the reward as it was,
+    # where the paper's concatenation (with its position-specific weights) changes it.
+    perm = torch.randperm(100)
+    assert torch.allclose(model(emb[:, perm]), model(emb), atol=1e-4)
+    concat = RewardModel(RewardModelConfig("random", 8))
+    assert not torch.allclose(concat(emb[:, perm]), concat(emb), atol=1e-4)
+    model.set_normalisation(model(emb))
+    model.save_pretrained(tmp_path / "rm", policy=None)
+    back, meta = RewardModel.from_pretrained(tmp_path / "rm")
+    assert meta["reward_model"]["head"] == "sum" and torch.equal(back(emb), model(emb))
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+    # A checkpoint written before the option existed reads as the paper's head.
+    del meta["reward_model"]["head"]
+    assert RewardModelConfig(**meta["reward_model"]).head == "concat"
+    with pytest.raises(ValueError, match="head"):
+        RewardModelConfig("random", 8, head="mean")
+    with pytest.raises(ValueError, match="head"):
+        RewardTrainConfig(head="mean")
 
 
 def test_agent_encoder_sliding_window_matches_per_window_forward():

@@ -6,6 +6,12 @@
       -> concatenated                                                    (300,)
       -> trajectory MLP (300 -> 256 -> 1, GELU)                          scalar r
 
+Or, with `head="sum"` (a departure, off by default), a per-step reward summed over the horizon as
+in Christiano et al. (2017): step MLP (E -> 256 -> 1) per step, r = sum over t. The paper's
+concatenation gives every step position its own weights, so it learns "the right pad seen at step
+44" apart from "at step 59" and memorises its few hundred training trajectories; the sum scores a
+view the same wherever it falls (RESULTS.md, twelfth session).
+
 Two encoders:
   * `AgentEncoder`: the frozen fine-tuned policy's layer-normed transformer output h_t. A
     trajectory longer than the context is embedded with a sliding window: h_t sees the last
@@ -33,6 +39,7 @@ from agentalign.envs import gamepad
 from agentalign.models.policy import Policy, read_checkpoint_config
 
 HORIZON = 100  # the paper pads every trajectory to the 100-step evaluation limit
+REWARD_HEADS = ("concat", "sum")
 
 
 @dataclass(frozen=True)
@@ -44,16 +51,24 @@ class RewardModelConfig:
     step_hidden: int = 256
     step_out: int = 3
     traj_hidden: int = 256
+    # "concat": the paper's trajectory MLP over the concatenated steps; "sum": per-step rewards summed.
+    head: Literal["concat", "sum"] = "concat"
+
+    def __post_init__(self) -> None:
+        if self.head not in REWARD_HEADS:
+            raise ValueError(f"reward-model head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}")
 
 
 class RewardModel(nn.Module):
     def __init__(self, cfg: RewardModelConfig):
         super().__init__()
         self.cfg = cfg
+        step_out = 1 if cfg.head == "sum" else cfg.step_out
         self.step_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.step_hidden), nn.GELU(),
-                                      nn.Linear(cfg.step_hidden, cfg.step_out))  # fmt: skip
-        self.traj_mlp = nn.Sequential(nn.Linear(cfg.horizon * cfg.step_out, cfg.traj_hidden), nn.GELU(),
-                                      nn.Linear(cfg.traj_hidden, 1))  # fmt: skip
+                                      nn.Linear(cfg.step_hidden, step_out))  # fmt: skip
+        if cfg.head == "concat":
+            self.traj_mlp = nn.Sequential(nn.Linear(cfg.horizon * cfg.step_out, cfg.traj_hidden), nn.GELU(),
+                                          nn.Linear(cfg.traj_hidden, 1))  # fmt: skip
         # Min-max bounds over the training trajectories, set after training.
         self.register_buffer("r_min", torch.tensor(0.0))
         self.register_buffer("r_max", torch.tensor(1.0))
@@ -62,7 +77,10 @@ class RewardModel(nn.Module):
         """(B, horizon, E) embeddings -> (B,) raw rewards."""
         if emb.shape[1:] != (self.cfg.horizon, self.cfg.embed_dim):
             raise ValueError(f"embeddings must be (B, {self.cfg.horizon}, {self.cfg.embed_dim}), got {tuple(emb.shape)}")
-        return self.traj_mlp(self.step_mlp(emb).flatten(1)).squeeze(-1)
+        per_step = self.step_mlp(emb)  # (B, horizon, 1 or step_out)
+        if self.cfg.head == "sum":
+            return per_step.squeeze(-1).sum(1)
+        return self.traj_mlp(per_step.flatten(1)).squeeze(-1)
 
     def set_normalisation(self, raw: torch.Tensor) -> None:
         lo, hi = raw.min().detach(), raw.max().detach()

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from agentalign.models.reward import PAD_MODES, RewardModel, RewardModelConfig, bt_loss
+from agentalign.models.reward import PAD_MODES, REWARD_HEADS, RewardModel, RewardModelConfig, bt_loss
 from agentalign.prefs import PreferenceSet
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
@@ -50,6 +50,10 @@ class RewardTrainConfig:
     # Black frames show any encoder a trajectory's length; "last" hides it, and both encoders lose
     # a few points with it on SkyGarden (RESULTS.md, "Reward models"), so black stays the default.
     pad: str = "black"
+    # The reward model's head (`RewardModelConfig.head`): the paper's "concat", or "sum" of per-step
+    # rewards, which ranked the aligned agent's hits above its misses more often from its hardest
+    # starts (RESULTS.md, twelfth session).
+    head: str = "concat"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +64,8 @@ class RewardTrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {self.pad!r}")
+        if self.head not in REWARD_HEADS:
+            raise ValueError(f"head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
 
@@ -133,7 +139,8 @@ def train_reward_model(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfi
         raise ValueError("no comparisons to train on")
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1], pad=cfg.pad))
+    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1], pad=cfg.pad,
+                                          head=cfg.head))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs_largest if n_pairs >= cfg.largest_pairs else cfg.epochs
     steps = min(cfg.max_steps, epochs * math.ceil(n_pairs / cfg.batch_pairs))
