@@ -170,6 +170,17 @@ def test_a_stage_folder_is_kept_for_its_own_resume_and_cleared_for_another_confi
     assert not (legacy / "model").exists()
 
 
+def test_a_new_split_or_reward_head_relabels_and_retrains_without_replaying_rollouts():
+    from agentalign.pipeline import Run, load_pipeline_config
+
+    base = Run("unused", load_pipeline_config("smoke", []))
+    other = Run("unused", load_pipeline_config("smoke", ["prefs.train=20", "reward.head=sum"]))
+    assert other.stage_hash("rollouts") == base.stage_hash("rollouts")
+    assert other.stage_hash("prefs") != base.stage_hash("prefs")
+    assert other.stage_hash("reward") != base.stage_hash("reward")
+    assert other.stage_hash("align") != base.stage_hash("align")  # its inputs changed
+
+
 def test_the_deployment_evaluation_can_be_turned_off():
     from agentalign.pipeline import Run, load_pipeline_config
 

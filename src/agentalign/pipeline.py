@@ -301,7 +301,9 @@ def _stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("eval_base", ("pretrain",), ev, F["eval_base"], _eval_line),
         Stage("eval_sft", ("sft",), ev, F["eval_sft"], _eval_line),
         Stage("eval_scratch", ("scratch",), ev, F["eval_scratch"], _eval_line),
-        Stage("rollouts", ("sft",), cfg.prefs, F["rollouts"], lambda r: f"{r['episodes']} trajectories"),
+        # Only what the rollouts depend on: a new train/test split relabels them, it does not replay them.
+        Stage("rollouts", ("sft",), {"rollout_episodes": cfg.prefs.rollout_episodes, "temperature": cfg.prefs.temperature},
+              F["rollouts"], lambda r: f"{r['episodes']} trajectories"),  # fmt: skip
         Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F["prefs"], _prefs_line),
         Stage("reward", ("prefs",), cfg.reward, F["reward"], _reward_line),
         Stage("pft", ("reward",), cfg.pft, F["pft"], _pft_line),
