@@ -10,7 +10,8 @@ Or, with `head="sum"` (a departure, off by default), a per-step reward summed ov
 in Christiano et al. (2017): step MLP (E -> 256 -> 1) per step, r = sum over t. The paper's
 concatenation gives every step position its own weights, so it learns "the right pad seen at step
 44" apart from "at step 59" and memorises its few hundred training trajectories; the sum scores a
-view the same wherever it falls (RESULTS.md, twelfth session).
+view the same wherever it falls. On SkyGarden it ranked the aligned agent's episodes better and the
+SFT agent's worse, and moved no final agent up (RESULTS.md, twelfth session).
 
 Two encoders:
   * `AgentEncoder`: the frozen fine-tuned policy's layer-normed transformer output h_t. A

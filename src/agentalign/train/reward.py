@@ -51,8 +51,9 @@ class RewardTrainConfig:
     # a few points with it on SkyGarden (RESULTS.md, "Reward models"), so black stays the default.
     pad: str = "black"
     # The reward model's head (`RewardModelConfig.head`): the paper's "concat", or "sum" of per-step
-    # rewards, which ranked the aligned agent's hits above its misses more often from its hardest
-    # starts (RESULTS.md, twelfth session).
+    # rewards. The sum ranked the aligned agent's hits above its misses more often from its hardest
+    # starts but the SFT agent's rollouts worse, and preference fine-tuning lost 18 points with it
+    # (RESULTS.md, twelfth session).
     head: str = "concat"
     seed: int = 0
 
