@@ -54,7 +54,7 @@ class RewardTrainConfig:
     # rewards. The sum ranked the aligned agent's hits above its misses more often from its hardest
     # starts but the SFT agent's rollouts worse, and preference fine-tuning lost 18 points with it
     # (RESULTS.md, twelfth session).
-    head: str = "concat"
+    head: Literal["concat", "sum"] = "concat"
     seed: int = 0
 
     def __post_init__(self) -> None:
