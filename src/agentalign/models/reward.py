@@ -250,7 +250,7 @@ class RandomEncoder:
 def check_reward_matches(reward_dir: str | Path, reference_dir: str | Path, meta: dict | None = None) -> dict:
     """Refuse a reward model trained on another policy's embeddings; -> its metadata (`meta`, when
     the caller has already read it)."""
-    meta = RewardModel.from_pretrained(reward_dir)[1] if meta is None else meta
+    meta = read_checkpoint_config(reward_dir, kind="reward") if meta is None else meta  # no need for the weights
     if meta.get("encoder") == "agent":
         fp = checkpoint_fingerprint(reference_dir)
         if meta.get("policy_fingerprint") != fp:
