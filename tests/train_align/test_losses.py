@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, dpo_loss, kl_penalty,
-                                     reinforce_loss)
+from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, dpo_loss,
+                                     explained_variance, kl_penalty, reinforce_loss, value_loss)
 
 
 def test_baselines():
@@ -43,6 +43,29 @@ def test_reinforce_loss_by_hand():
     # episode 0: -(-1 - 2) * 0.75 = 2.25; episode 1: -(-0.5) * (-0.25) = -0.125
     assert abs(float(reinforce_loss(logp, returns, mask, base)) - (2.25 - 0.125) / 2) < 1e-6
     assert abs(float(kl_penalty(torch.tensor([[0.1, 0.2], [0.3, 5.0]]), mask)) - (0.3 + 0.3) / 2) < 1e-6
+
+
+def test_a_per_step_baseline_by_hand():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    base = torch.tensor([[0.5, 1.0], [0.25, 9.0]])  # V(h_t): step 1 of episode 0 already knows its outcome
+    # episode 0: -(-1 * 0.5 + -2 * 0) = 0.5; episode 1: -(-0.5 * -0.25) = -0.125; padding counts nothing
+    assert abs(float(reinforce_loss(logp, returns, mask, base)) - (0.5 - 0.125) / 2) < 1e-6
+    # A (B,) baseline is the same as that baseline at every step.
+    flat = torch.tensor([0.25, 0.5])
+    assert torch.allclose(reinforce_loss(logp, returns, mask, flat), reinforce_loss(logp, returns, mask, flat[:, None].expand(2, 2)))
+
+
+def test_value_loss_and_explained_variance_by_hand():
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0], [0.5, 7.0]])
+    assert abs(float(value_loss(values, returns, mask)) - (0.25 + 0 + 0.25) / 3) < 1e-6
+    # real-step returns 1, 1, 0 (var 1/3); residuals 0.5, 0, -0.5 (var 1/4): 1 - 3/4
+    assert abs(explained_variance(values, returns, mask) - 0.25) < 1e-6
+    assert explained_variance(returns, returns, mask) == 1.0
+    assert math.isnan(explained_variance(values, torch.ones(2, 2), mask))  # equal returns: nothing to explain
 
 
 def test_clipped_surrogate_by_hand():

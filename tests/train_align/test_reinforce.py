@@ -11,8 +11,8 @@ from agentalign.models import Policy
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
 from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, record_rollouts, rollout
-from agentalign.train.reinforce import (ReinforceConfig, SpawnPriority, TrajectoryRewarder, _update, start_groups,
-                                        train_reinforce)
+from agentalign.train.reinforce import (ReinforceConfig, SpawnPriority, TrajectoryRewarder, ValueBaseline, _update,
+                                        start_groups, train_reinforce)
 
 
 def _params(d):
@@ -211,6 +211,33 @@ def test_samples_per_start_groups_the_start_baseline_by_start(tiny_stack, tmp_pa
     assert start_groups(trajs, 1).tolist() == [t.spawn for t in trajs]  # else the spawn, as before
 
 
+@pytest.mark.parametrize("train_only", ["head", "transformer"])
+def test_the_value_baseline_trains_a_critic_beside_the_policy(tiny_stack, tmp_path, train_only):
+    cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=1e-2, baseline="value", train_only=train_only, seed=0)
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert summary["updates"] == 3
+    before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert set(after) == set(before)  # the critic is the training's, not the agent's
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["align/loss"]) and np.isfinite(r["align/value_loss"]) for r in rows)
+    assert all("align/value_explained" in r for r in rows)
+
+
+def test_the_critic_starts_at_the_mean_return_and_fits_the_returns():
+    torch.manual_seed(0)
+    critic = ValueBaseline(width=8, hidden=16, lr=1e-2, epochs=200)
+    h = torch.randn(4, 3, 8)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[3, 2] = False
+    returns = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, 3) * mask
+    v0 = critic.predict(h, returns, mask)
+    assert torch.allclose(v0[mask], torch.full((11,), float(returns[mask].mean())))  # "mean" at first
+    assert v0[3, 2] == 0  # padding
+    first = float(((v0 - returns)[mask] ** 2).mean())
+    assert critic.fit(h, returns, mask) < 0.1 * first
+
+
 def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
     cfg = ReinforceConfig(episodes=12, batch_episodes=4, lr=3e-3, schedule="linear", seed=0)
     train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
@@ -230,7 +257,9 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"clone_soup": 0}, "clone_soup"),
                           ({"spawn_priority": -0.1}, "spawn_priority"),
                           ({"batch_episodes": 16, "samples_per_start": 3}, "samples_per_start must .* divides batch_episodes"),
-                          ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws")]:  # fmt: skip
+                          ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws"),
+                          ({"baseline": "value", "normalise": "batch"}, "normalise='none'"),
+                          ({"baseline": "critic"}, "baseline must be"), ({"value_epochs": 0}, "value_epochs")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

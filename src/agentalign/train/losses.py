@@ -63,6 +63,21 @@ def advantage_scale(returns: torch.Tensor, base: torch.Tensor, groups: torch.Ten
     return 1.0 / (std + eps)
 
 
+def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The critic's regression: mean over real steps of (V(h_t) - G_t)^2.
+
+    values, returns, mask (B, T) -> scalar."""
+    return ((values - returns) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(G - V) / Var(G) over real steps: 1 when V predicts every return, 0 when it does no
+    better than their mean, negative when worse. values, returns, mask (B, T) -> float."""
+    g, v = returns[mask], values[mask]
+    var = g.var() if g.numel() > 1 else torch.zeros(())
+    return float(1 - (g - v).var() / var) if var > 0 else float("nan")
+
+
 def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-step returns when the only reward comes at the end: G_t = gamma^(T-1-t) * R.
 
@@ -72,11 +87,16 @@ def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: fl
     return final_reward[:, None] * gamma ** (lengths - 1 - t).clamp(min=0) * mask
 
 
+def _per_step(base: torch.Tensor) -> torch.Tensor:
+    """A baseline of (B,), one per episode, or (B, T), one per step (a learned V(h_t)), as (B, 1 or T)."""
+    return base[:, None] if base.dim() == 1 else base
+
+
 def reinforce_loss(logp: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """REINFORCE (Williams, 1992): -mean_episodes sum_t log pi(a_t) * (G_t - b).
 
-    logp (B, T), returns (B, T) per-step returns, mask (B, T), base (B,) -> scalar."""
-    adv = (returns - base[:, None]) * mask
+    logp (B, T), returns (B, T) per-step returns, mask (B, T), base (B,) or (B, T) -> scalar."""
+    adv = (returns - _per_step(base)) * mask
     return -(logp * adv).sum(1).mean()
 
 
@@ -86,8 +106,8 @@ def clipped_surrogate_loss(logp: torch.Tensor, logp_old: torch.Tensor, returns: 
     batch can be reused for several epochs: -mean_episodes sum_t min(rho A, clip(rho, 1-e, 1+e) A),
     rho = pi(a_t) / pi_old(a_t). At rho = 1 (the first epoch) its gradient is REINFORCE's.
 
-    logp, logp_old, returns, mask (B, T); base (B,) -> scalar."""
-    adv = (returns - base[:, None]) * mask
+    logp, logp_old, returns, mask (B, T); base (B,) or (B, T) -> scalar."""
+    adv = (returns - _per_step(base)) * mask
     rho = torch.exp(logp - logp_old) * mask
     surrogate = torch.minimum(rho * adv, rho.clamp(1.0 - clip, 1.0 + clip) * adv)
     return -surrogate.sum(1).mean()

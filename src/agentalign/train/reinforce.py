@@ -12,7 +12,8 @@ model's return every update and never used for training.
 
 Departures from the paper, all configurable back to it:
   * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`); "start"
-    takes the leave-one-out among episodes from the same spawn.
+    takes the leave-one-out among episodes from the same spawn; "value" subtracts a learned V(h_t)
+    at every step instead of one b_i an episode (`ValueBaseline`, trained beside the policy).
   * β: the paper trains the last layer without KL (`beta=0`, which loads no reference model);
     the standard LLM recipe it cites regularises to the SFT policy, which we default on, small.
   * `train_only`: "head" (the paper: only the MLP after the transformer), "transformer" (the
@@ -73,7 +74,7 @@ from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rol
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
-                                     episode_sum_mean, kl_penalty, reinforce_loss)
+                                     episode_sum_mean, explained_variance, kl_penalty, reinforce_loss, value_loss)
 from agentalign.train.preference_ft import clone_best, score_trajectories
 
 
@@ -93,7 +94,16 @@ class ReinforceConfig:
     gamma: float = 1.0  # undiscounted, as the paper
     # Variance reduction; the paper uses none. "start" compares each episode with those from the
     # same spawn: a spawn far from the target makes every return lower, which is not the policy's doing.
-    baseline: Literal["none", "mean", "loo", "start"] = "loo"
+    # "value" subtracts a learned V(h_t) at every step (`ValueBaseline`, a critic on the trunk's
+    # features): per start state like "start", and once an episode's route is committed V(h_t) nears
+    # its outcome, so the steps after the decision stop adding noise to the gradient.
+    baseline: Literal["none", "mean", "loo", "start", "value"] = "loo"
+    # The critic of baseline="value": fitted to each batch's returns after the batch's update (its
+    # baseline is the V of earlier batches, so it does not bias the gradient), `value_epochs` Adam
+    # steps at `value_lr`; an MLP of `value_hidden` units on the detached features.
+    value_lr: float = 1e-3
+    value_epochs: int = 8  # a small head on fixed features: several steps a batch are cheap and it lags less
+    value_hidden: int = 128
     # Divide the advantages by their standard deviation: over the batch ("batch"), or over each
     # spawn's episodes ("spawn", GRPO's per-prompt scale), so a spawn torn between two pads weighs as
     # much as one with a failure in it. "batch" ended at 89.0 / 84.0 % left on the cpu preset
@@ -199,8 +209,14 @@ class ReinforceConfig:
                              "among several: set one of them to its default")  # fmt: skip
         if self.normalise_eps < 0:
             raise ValueError(f"normalise_eps must be >= 0, got {self.normalise_eps}")
-        if self.baseline not in ("none", "mean", "loo", "start"):
-            raise ValueError(f"baseline must be none, mean, loo or start, got {self.baseline!r}")
+        if self.baseline not in ("none", "mean", "loo", "start", "value"):
+            raise ValueError(f"baseline must be none, mean, loo, start or value, got {self.baseline!r}")
+        if self.baseline == "value" and self.normalise != "none":
+            raise ValueError("normalise scales each episode's advantage and baseline='value' gives one per step: "
+                             "set normalise='none' with it")  # fmt: skip
+        if self.value_lr <= 0 or self.value_epochs < 1 or self.value_hidden < 1:
+            raise ValueError(f"value_lr must be positive and value_epochs, value_hidden >= 1, got {self.value_lr}, "
+                             f"{self.value_epochs}, {self.value_hidden}")  # fmt: skip
         if not 0 <= self.polish_episodes <= self.episodes:
             raise ValueError(f"polish_episodes must lie in [0, episodes = {self.episodes}], got {self.polish_episodes}")
         if not 0 < self.polish_fraction <= 1:
@@ -253,6 +269,41 @@ class SpawnPriority:
             if len(r) > 1:
                 old = self.score[k]
                 self.score[k] = r.std() if np.isnan(old) else self.EMA * old + (1 - self.EMA) * r.std()
+
+
+class ValueBaseline(nn.Module):
+    """V(h_t) (B, T, width) -> (B, T): the expected return from step t's context, REINFORCE's
+    state-value baseline (Sutton & Barto, 2018, section 13.4) on the policy trunk's detached features.
+    Its output layer starts at zero weights and, on the first batch, the batch's mean return as its
+    bias: the first update is the "mean" baseline's, not one against an untrained guess."""
+
+    def __init__(self, width: int, hidden: int, lr: float, epochs: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[2].weight)
+        self.started = False
+        self.epochs = epochs
+        self.opt = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, h: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) V(h_t) before this batch's fit, zero on padding. h (B, T, width); returns, mask (B, T)."""
+        if not self.started:
+            self.net[2].bias.fill_(float(returns[mask].mean()))
+            self.started = True
+        return self(h) * mask
+
+    def fit(self, h: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+        """`epochs` Adam steps of value_loss on one batch; -> the last step's loss."""
+        for _ in range(self.epochs):
+            loss = value_loss(self(h), returns, mask)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        return float(loss.detach())
 
 
 # ---- LoRA: a few lines instead of a dependency ---------------------------------------------------
@@ -426,6 +477,7 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    critic = ValueBaseline(policy.cfg.width, cfg.value_hidden, cfg.value_lr, cfg.value_epochs) if cfg.baseline == "value" else None
     updates = math.ceil(cfg.episodes / cfg.batch_episodes)
     decay = (lambda u: 1.0 - u / updates) if cfg.schedule == "linear" else (lambda u: 1.0)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
@@ -463,7 +515,7 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
         if keep:
             batch = [wave[i] for i in keep]
             R = torch.tensor(rewards[keep], dtype=torch.float32)
-            metrics = _update(policy, reference, batch, R, opt, params, cfg, shared)
+            metrics = _update(policy, reference, batch, R, opt, params, cfg, shared, critic)
             row.update(metrics)
             row["align/lr"] = sched.get_last_lr()[0]
             sched.step()
@@ -559,7 +611,7 @@ def _frame_embeddings(policy: Policy, batch: list[Trajectory], tmax: int) -> tor
 
 
 def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch.Tensor, opt, params,
-            cfg: ReinforceConfig, shared: str = "nothing") -> dict[str, float]:  # fmt: skip
+            cfg: ReinforceConfig, shared: str = "nothing", critic: ValueBaseline | None = None) -> dict[str, float]:  # fmt: skip
     policy.train(cfg.train_only != "head")  # dropout only matters where the trunk trains
     b, tmax = len(batch), max(tr.length for tr in batch)
     mask = torch.zeros(b, tmax, dtype=torch.bool)
@@ -588,7 +640,7 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         features = lambda: sliding_window_features(policy, frames, actions)  # noqa: E731
     returns = discounted_returns(R, mask, cfg.gamma)  # (B, T)
     starts = start_groups(batch, cfg.samples_per_start)  # (B,)
-    base = baseline(R, cfg.baseline, starts)  # (B,)
+    base = None if critic is not None else baseline(R, cfg.baseline, starts)  # (B,); the critic's (B, T) below
     if cfg.normalise != "none":
         scale = advantage_scale(R, base, starts if cfg.normalise == "spawn" else None, cfg.normalise_eps)  # (B,)
         returns, base = returns * scale[:, None], base * scale
@@ -602,8 +654,14 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
             else:
                 h_ref = sliding_window_features(reference, frames, actions)
             ref = ActionDistribution(reference.head(h_ref), cfg.temperature)
-    for _ in range(cfg.epochs):
-        dist = ActionDistribution(policy.head(features()), cfg.temperature)
+    extra = {}
+    for epoch in range(cfg.epochs):
+        h_t = features()  # (B, T, width)
+        if critic is not None and epoch == 0:
+            h_critic = h_t.detach()
+            base = critic.predict(h_critic, returns, mask)  # (B, T)
+            extra["align/value_explained"] = explained_variance(base, returns, mask)
+        dist = ActionDistribution(policy.head(h_t), cfg.temperature)
         logp = dist.log_prob(actions)  # (B, T)
         if cfg.epochs == 1:
             loss = reinforce_loss(logp, returns, mask, base)
@@ -617,9 +675,11 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+    if critic is not None:  # after the update: this batch's returns never enter its own baseline
+        extra["align/value_loss"] = critic.fit(h_critic, returns, mask)
     policy.eval()
     steps = mask.sum()
-    return {
+    return {**extra,
         "align/loss": float(loss.detach()),
         "align/kl": float(kl.detach()) / max(float(steps) / b, 1.0),  # per step
         "align/entropy": float((dist.entropy().detach() * mask).sum() / steps),
