@@ -3,7 +3,7 @@ import math
 import torch
 
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, dpo_loss,
-                                     explained_variance, kl_penalty, reinforce_loss, value_loss)
+                                     explained_variance, kl_penalty, lambda_returns, reinforce_loss, value_loss)
 
 
 def test_baselines():
@@ -66,6 +66,17 @@ def test_value_loss_and_explained_variance_by_hand():
     assert abs(explained_variance(values, returns, mask) - 0.25) < 1e-6
     assert explained_variance(returns, returns, mask) == 1.0
     assert math.isnan(explained_variance(values, torch.ones(2, 2), mask))  # equal returns: nothing to explain
+
+
+def test_lambda_returns_by_hand():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    R = torch.tensor([1.0, 2.0])
+    V = torch.tensor([[0.2, 0.4, 0.8], [0.5, 0.6, 9.0]])
+    # lam = 1: the Monte Carlo returns; lam = 0: the next step's V, and R on the last step
+    assert torch.allclose(lambda_returns(R, V, mask, 0.5, 1.0), discounted_returns(R, mask, 0.5))
+    assert torch.allclose(lambda_returns(R, V, mask, 1.0, 0.0), torch.tensor([[0.4, 0.8, 1.0], [0.6, 2.0, 0.0]]))
+    # lam = 0.5, gamma = 1, episode 0: G_2 = 1; G_1 = 0.5 * 0.8 + 0.5 * 1 = 0.9; G_0 = 0.5 * 0.4 + 0.5 * 0.9 = 0.65
+    assert torch.allclose(lambda_returns(R, V, mask, 1.0, 0.5)[0], torch.tensor([0.65, 0.9, 1.0]))
 
 
 def test_clipped_surrogate_by_hand():

@@ -87,6 +87,26 @@ def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: fl
     return final_reward[:, None] * gamma ** (lengths - 1 - t).clamp(min=0) * mask
 
 
+def lambda_returns(final_reward: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                   lam: float) -> torch.Tensor:  # fmt: skip
+    """TD(lambda) returns when the only reward comes at the end (GAE's targets, Schulman et al.,
+    2016): G_t = r_t + gamma ((1 - lam) V_{t+1} + lam G_{t+1}), r_t = R on the last step, 0 before,
+    and nothing after it. lam = 1 gives `discounted_returns`; lam < 1 moves an episode's credit to
+    the steps where V(h_t) changed, at the price of V's bias.
+
+    final_reward (B,), values (B, T) V(h_t), mask (B, T) -> (B, T), zero on padding."""
+    b, t_max = mask.shape
+    last = mask.sum(1) - 1  # (B,)
+    out = torch.zeros(b, t_max, dtype=values.dtype)
+    g_next = v_next = torch.zeros(b, dtype=values.dtype)
+    for t in reversed(range(t_max)):
+        r = torch.where(last == t, final_reward, torch.zeros_like(final_reward))
+        g = (r + gamma * ((1 - lam) * v_next + lam * g_next)) * mask[:, t]
+        out[:, t] = g
+        g_next, v_next = g, values[:, t] * mask[:, t]
+    return out
+
+
 def _per_step(base: torch.Tensor) -> torch.Tensor:
     """A baseline of (B,), one per episode, or (B, T), one per step (a learned V(h_t)), as (B, 1 or T)."""
     return base[:, None] if base.dim() == 1 else base

@@ -74,7 +74,8 @@ from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rol
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
-                                     episode_sum_mean, explained_variance, kl_penalty, reinforce_loss, value_loss)
+                                     episode_sum_mean, explained_variance, kl_penalty, lambda_returns, reinforce_loss,
+                                     value_loss)
 from agentalign.train.preference_ft import clone_best, score_trajectories
 
 
@@ -104,6 +105,10 @@ class ReinforceConfig:
     value_lr: float = 1e-3
     value_epochs: int = 8  # a small head on fixed features: several steps a batch are cheap and it lags less
     value_hidden: int = 128
+    # With baseline="value", the policy's returns are TD(lambda) returns on the critic (GAE): below 1
+    # an episode's credit goes to the steps where V(h_t) moved (the route's choice), not to every
+    # step alike, at the price of V's bias. 1: Monte Carlo, REINFORCE's own return.
+    value_lambda: float = 1.0
     # Divide the advantages by their standard deviation: over the batch ("batch"), or over each
     # spawn's episodes ("spawn", GRPO's per-prompt scale), so a spawn torn between two pads weighs as
     # much as one with a failure in it. "batch" ended at 89.0 / 84.0 % left on the cpu preset
@@ -214,6 +219,8 @@ class ReinforceConfig:
         if self.baseline == "value" and self.normalise != "none":
             raise ValueError("normalise scales each episode's advantage and baseline='value' gives one per step: "
                              "set normalise='none' with it")  # fmt: skip
+        if not 0 <= self.value_lambda <= 1:
+            raise ValueError(f"value_lambda must lie in [0, 1] (1: Monte Carlo returns), got {self.value_lambda}")
         if self.value_lr <= 0 or self.value_epochs < 1 or self.value_hidden < 1:
             raise ValueError(f"value_lr must be positive and value_epochs, value_hidden >= 1, got {self.value_lr}, "
                              f"{self.value_epochs}, {self.value_hidden}")  # fmt: skip
@@ -661,6 +668,9 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
             h_critic = h_t.detach()
             base = critic.predict(h_critic, returns, mask)  # (B, T)
             extra["align/value_explained"] = explained_variance(base, returns, mask)
+            targets = returns  # (B, T) Monte Carlo: what the critic fits
+            if cfg.value_lambda < 1:
+                returns = lambda_returns(R, base, mask, cfg.gamma, cfg.value_lambda)
         dist = ActionDistribution(policy.head(h_t), cfg.temperature)
         logp = dist.log_prob(actions)  # (B, T)
         if cfg.epochs == 1:
@@ -676,7 +686,7 @@ def _update(policy: Policy, reference: Policy, batch: list[Trajectory], R: torch
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
     if critic is not None:  # after the update: this batch's returns never enter its own baseline
-        extra["align/value_loss"] = critic.fit(h_critic, returns, mask)
+        extra["align/value_loss"] = critic.fit(h_critic, targets, mask)
     policy.eval()
     steps = mask.sum()
     return {**extra,
