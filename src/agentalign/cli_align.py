@@ -52,8 +52,9 @@ def align(
                        f"reward {row.get('align/reward_return', float('nan')):.3f}")  # fmt: skip
 
     s = checked(train_reinforce, policy, reference, reward, out, cfg, progress=show)
-    typer.echo(f"{out}: {s['episodes']} episodes, {s['updates']} updates in {s['seconds']:.0f} s; "
-               f"{target} success over the last batches {100 * s['final_success']:.0f}%")  # fmt: skip
+    if s["episodes"]:
+        typer.echo(f"{out}: {s['episodes']} episodes, {s['updates']} updates in {s['seconds']:.0f} s; "
+                   f"{target} success over the last batches {100 * s['final_success']:.0f}%")  # fmt: skip
     if "polish" in s:
         typer.echo(f"  then cloned the best {s['polish']['kept']} of its last {s['polish']['ranked']} episodes "
                    f"(pads {s['polish']['kept_pads']})")  # fmt: skip

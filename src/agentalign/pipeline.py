@@ -474,12 +474,12 @@ def _pft_line(r: dict) -> str:
 
 
 def _align_line(target: str, r: dict) -> str:
-    line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)"
+    line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)" if r.get("episodes") else "no REINFORCE"
     if "polish" in r:
         line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
     if "sharpen" in r:
         k = r["sharpen"].get("rounds", 1)
-        line += (f", and the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
+        line += (f"{', and' if r.get('episodes') else ': cloned'} the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
                  + (f" in {k} rounds" if k > 1 else ""))  # fmt: skip
     return line
 

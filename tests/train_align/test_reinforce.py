@@ -103,9 +103,30 @@ def test_sharpen_rounds_each_play_the_agent_the_last_one_cloned(tiny_stack, tmp_
     s = summary["sharpen"]
     assert s["rounds"] == 3 and s["ranked"] == 7 and s["kept"] == sum(r["kept"] for r in s["by_round"])
     assert sum(s["kept_pads"].values()) == s["kept"]
+    assert [sum(r["played_pads"].values()) for r in s["by_round"]] == [3, 2, 2] and sum(s["played_pads"].values()) == 7
     # Other episodes in each round: their own seeds.
     first = [open_store(d / "episodes").metadata(0)["seed"] for d in dirs]
     assert len(set(first)) == 3
+
+
+def test_rest_rounds_alone_align_without_reinforce_and_log_their_curve(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=0, polish_bc=bc, sharpen_episodes=8, sharpen_rounds=2, sharpen_temperature=1.0,
+                          sharpen_samples_per_start=2, sharpen_fraction=0.5, seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert summary["episodes"] == 0 and summary["updates"] == 0 and summary["sharpen"]["ranked"] == 8
+    parent = json.loads((tmp_path / "out" / "polish" / "sharpen" / "model" / "config.json").read_text())["parent"]
+    assert parent == str((tmp_path / "out" / "polish" / "reinforce").resolve())  # the start, unchanged
+    assert all(torch.equal(_params(tiny_stack["sft"])[k], v) for k, v in _params(tmp_path / "out" / "polish" / "reinforce").items())
+    before, after = _params(tiny_stack["sft"]), _params(tmp_path / "out")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["align/episodes"] for r in rows] == [4, 8] and [r["align/rest_round"] for r in rows] == [1, 2]
+    for r, played in zip(rows, summary["sharpen"]["by_round"]):
+        assert r["align/success"] == played["played_pads"].get("left", 0) / 4
+    # Run again (as after a kill once the rounds were done): the rounds are logged once.
+    train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):
@@ -248,6 +269,7 @@ def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
 
 def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
+                          ({"episodes": 0}, "or 0 with sharpen_episodes > 0"), ({"episodes": -16}, "episodes must be"),
                           ({"target": "top"}, "unknown jump pad 'top'"),
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),

@@ -99,6 +99,12 @@ def _eval_point(ax, x: float, fraction: float, stderr: float, colour, label: str
     ax.errorbar([x], [100 * fraction], yerr=[100 * stderr], fmt=marker, color=colour, ms=6, capsize=3, label=label)
 
 
+def _window(rows: int, window: int) -> int:
+    """The moving mean's width: `window` rows, but at least five points on the curve, so a run of a
+    few rows (ReST rounds alone, a smoke run) is drawn round by round rather than as one point."""
+    return max(1, min(window, rows // 5))
+
+
 def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 10,
                    points: tuple[tuple[float, float, float, str], ...] = ()) -> Path:  # fmt: skip
     """Figures 8/9: target-pad success during online alignment against episodes, and the reward
@@ -109,7 +115,7 @@ def plot_alignment(metrics: list[dict], target: str, path: Path, window: int = 1
     eps = np.array([m["align/episodes"] for m in metrics])
     succ = np.array([m["align/success"] for m in metrics])
     ret = np.array([m.get("align/reward_return", np.nan) for m in metrics])
-    k = max(1, min(window, len(succ)))
+    k = _window(len(succ), window)
     smooth = _moving_mean(succ, k)
     # Standard error of the moving mean over the window's batches.
     se = np.array([succ[i : i + k].std() / np.sqrt(k) for i in range(len(smooth))])
@@ -139,7 +145,7 @@ def alignment_curve(per_seed: list[list[dict]], window: int = 10) -> dict:
     """One line of figures 8/9: each seed's target success, a moving mean over `window` batches
     (as plot_alignment), then the mean and standard error over seeds at each episode count."""
     n = min(len(m) for m in per_seed)  # seeds share one schedule; a shorter one would cut the rest
-    k = max(1, min(window, n))
+    k = _window(n, window)
     smooth = np.array([_moving_mean(np.array([row["align/success"] for row in m[:n]]), k) for m in per_seed])
     se = smooth.std(0, ddof=1) / np.sqrt(len(smooth)) if len(smooth) > 1 else np.full(smooth.shape[1], np.nan)
     return {"episodes": [float(m["align/episodes"]) for m in per_seed[0][k - 1 : n]], "mean": smooth.mean(0).tolist(),

@@ -72,6 +72,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     _atomic_replace(Path(path), lambda f: f.write(data))
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see the old file or the new one, never half of one."""
+    data = text.encode()
+    _atomic_replace(Path(path), lambda f: f.write(data))
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save
 

@@ -72,7 +72,7 @@ from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, 
                                      sliding_window_features, windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
-from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, seed_everything
+from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, atomic_write_text, read_metrics, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
                                      episode_sum_mean, explained_variance, kl_penalty, lambda_returns, reinforce_loss,
                                      value_loss)
@@ -85,7 +85,10 @@ TRAIN_ONLY = ("head", "transformer", "all", "lora")
 @dataclass(frozen=True)
 class ReinforceConfig:
     target: str = "left"  # the pad the designer wants; used for the logged true success only
-    episodes: int = 2400  # online episodes (paper: 9,600 = 600 updates x 16)
+    # Online REINFORCE episodes (paper: 9,600 = 600 updates x 16). 0 with sharpen_episodes > 0: no
+    # REINFORCE, the sharpen's ReST rounds alone align the agent (at sharpen_temperature = 1, online
+    # ReST or expert iteration: play, keep the best, clone, repeat).
+    episodes: int = 2400
     batch_episodes: int = 16  # episodes per update (appendix C.4)
     lr: float = 1e-4  # appendix C.4
     # "linear" decays the lr to 0 over the run: large early steps, little late noise.
@@ -181,8 +184,9 @@ class ReinforceConfig:
 
     def __post_init__(self) -> None:
         W.pad_index(self.target)
-        if self.episodes <= 0:
-            raise ValueError(f"episodes must be positive, got {self.episodes}")
+        if self.episodes < 0 or (self.episodes == 0 and self.sharpen_episodes <= 0):
+            raise ValueError(f"episodes must be positive, or 0 with sharpen_episodes > 0 (ReST rounds alone), "
+                             f"got {self.episodes} (sharpen_episodes {self.sharpen_episodes})")  # fmt: skip
         if self.batch_episodes <= 0:
             raise ValueError(f"batch_episodes must be positive, got {self.batch_episodes}")
         if self.beta < 0:
@@ -434,7 +438,13 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
     else:
         shutil.rmtree(polish_dir, ignore_errors=True)  # another run's, or a half-written one
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        policy, summary, info = _reinforce(Path(policy_dir), reference_dir, reward_dir, out, cfg, progress)
+        if cfg.episodes:
+            policy, summary, info = _reinforce(Path(policy_dir), reference_dir, reward_dir, out, cfg, progress)
+        else:  # ReST rounds alone: they start from the agent as it came
+            policy = Policy.from_pretrained(policy_dir)
+            summary = {"episodes": 0, "updates": 0, "dropped": 0, "seconds": 0.0, "final_success": None, "target": cfg.target}
+            info = dict(stage="align", parent=str(policy_dir), reference=str(reference_dir), reward_model=str(reward_dir),
+                        target=cfg.target, episodes=0)  # fmt: skip
         if not (cfg.polish_episodes or cfg.sharpen_episodes):
             policy.save_pretrained(out, **info)
             atomic_write_json(out / "align_summary.json", summary)
@@ -454,6 +464,8 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
             rounds.append(sharpen(final, reward_dir, reference_dir, d, one))
             final = d / "model"
         summary["sharpen"] = _merge_rounds(rounds)
+        if cfg.sharpen_temperature == cfg.temperature:  # sampled as REINFORCE samples: the same curve goes on
+            _log_rounds(out, rounds, cfg)
     summary["seconds"] += time.perf_counter() - t0
     Policy.from_pretrained(final).save_pretrained(out, **info, polished=True)
     atomic_write_json(out / "align_summary.json", summary)
@@ -580,7 +592,24 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup)  # fmt: skip
-    return {**r, "temperature": cfg.sharpen_temperature}
+    played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
+    return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
+
+
+def _log_rounds(out: Path, rounds: list[dict], cfg: ReinforceConfig) -> None:
+    """Append a metrics row per sharpen round (its episodes' outcomes, before its clone) after
+    REINFORCE's rows, so figures 8/9 follow the online success through the ReST rounds. Rewritten
+    whole, so a resumed run does not log a round twice."""
+    rows = [r for r in read_metrics(out) if "align/rest_round" not in r] if (out / "metrics.jsonl").exists() else []
+    done = cfg.episodes
+    for i, r in enumerate(rounds):
+        n = sum(r["played_pads"].values())
+        done += n
+        row = {"step": len(rows), "align/episodes": done, "align/rest_round": i + 1,
+               "align/success": r["played_pads"].get(cfg.target, 0) / n}  # fmt: skip
+        row.update({f"align/pad_{p}": r["played_pads"].get(p, 0) / n for p in (*W.PAD_NAMES, "none")})
+        rows.append(row)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _split(n: int, k: int) -> list[int]:
@@ -591,8 +620,9 @@ def _split(n: int, k: int) -> list[int]:
 def _merge_rounds(rounds: list[dict]) -> dict:
     """One summary of the sharpen's rounds: their totals, and each round's own."""
     pads = sum((Counter(r["kept_pads"]) for r in rounds), Counter())
+    played = sum((Counter(r["played_pads"]) for r in rounds), Counter())
     out = {**rounds[-1], "ranked": sum(r["ranked"] for r in rounds), "kept": sum(r["kept"] for r in rounds),
-           "kept_pads": dict(sorted(pads.items())), "rounds": len(rounds)}  # fmt: skip
+           "kept_pads": dict(sorted(pads.items())), "played_pads": dict(sorted(played.items())), "rounds": len(rounds)}  # fmt: skip
     if len(rounds) > 1:
         out["by_round"] = rounds
     return out
