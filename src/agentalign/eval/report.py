@@ -298,6 +298,10 @@ def write_report(run: "Run") -> Path:
 
     polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
     sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
+    reinforced = bool(res.get("align", {}).get("episodes", 1))  # episodes = 0: the ReST rounds alone aligned it
+    rounds = (sharpened or {}).get("rounds", 1)
+    steps_done = (f"REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}" if reinforced
+                  else f"{rounds} ReST round{'s' if rounds > 1 else ''}")  # fmt: skip
     online = online_episodes(res.get("align", {}))
     align_metrics = read_metrics(run.dir("align") / "model")
     if align_metrics:
@@ -331,7 +335,7 @@ def write_report(run: "Run") -> Path:
         *([("Second reward model (fine-tuned agent's rollouts), held-out accuracy",
             res["reward_pft"].get("reward/accuracy"), "—", "app. A")] if res.get("reward_pft") else []),  # fmt: skip
         (f"Preference FT: {target} pad", frac("eval_pft", target), "higher than SFT", "fig. 8/9"),
-        (f"Aligned (PFT + REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}, "
+        (f"Aligned (PFT + {steps_done}, "
          f"{online:,} online episodes): {target} pad",
          frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
@@ -357,15 +361,16 @@ def write_report(run: "Run") -> Path:
 
     hack = ""
     if align_metrics:
-        r0 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[:10]])
-        r1 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[-10:]])
-        s0 = np.mean([m["align/success"] for m in align_metrics[:10]])
-        s1 = np.mean([m["align/success"] for m in align_metrics[-10:]])
+        n = max(1, min(10, len(align_metrics) // 3))  # batches (or ReST rounds) at each end, apart
+        r0 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[:n]])
+        r1 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[-n:]])
+        s0 = np.mean([m["align/success"] for m in align_metrics[:n]])
+        s1 = np.mean([m["align/success"] for m in align_metrics[-n:]])
         verdict = ("the true success rose with it: no sign of reward hacking" if s1 > s0 + 0.05 or s1 > 0.9
                    else "the true success did not follow: <b>possible reward hacking</b>")  # fmt: skip
-        hack = ("<p>REINFORCE followed the second reward model, trained on comparisons of the preference-fine-tuned "
+        hack = ("<p>The alignment followed the second reward model, trained on comparisons of the preference-fine-tuned "
                 "agent's own rollouts.</p>" if res.get("reward_pft") else "")  # fmt: skip
-        hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last 10 batches), "
+        hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last {n} {'batches' if reinforced else 'rounds'}), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
     if align_metrics and "align/spawn0_p" in align_metrics[-1]:
         n = [int(sum(m.get(f"align/spawn{k}_n", 0) for m in align_metrics)) for k in range(len(W.SPAWNS))]
@@ -375,7 +380,12 @@ def write_report(run: "Run") -> Path:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
-    if sharpened:
+    if sharpened and not reinforced:
+        hack += (f"<p>No REINFORCE: {rounds} ReST round{'s' if rounds > 1 else ''} (online ReST, or expert iteration) "
+                 f"aligned the agent, {sharpened['ranked']} episodes sampled at T = {sharpened['temperature']:g} in all, "
+                 f"each round's best {sharpened['kept'] // rounds} by the reward model cloned into the agent the next "
+                 f"round plays. The curve's points are each round's own episodes.</p>")  # fmt: skip
+    elif sharpened:
         k = sharpened.get("rounds", 1)
         hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
                  f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "

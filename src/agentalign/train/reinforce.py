@@ -606,7 +606,7 @@ def _log_rounds(out: Path, rounds: list[dict], cfg: ReinforceConfig) -> None:
         n = sum(r["played_pads"].values())
         done += n
         row = {"step": len(rows), "align/episodes": done, "align/rest_round": i + 1,
-               "align/success": r["played_pads"].get(cfg.target, 0) / n}  # fmt: skip
+               "align/success": r["played_pads"].get(cfg.target, 0) / n, "align/reward_return": r["mean_score_all"]}  # fmt: skip
         row.update({f"align/pad_{p}": r["played_pads"].get(p, 0) / n for p in (*W.PAD_NAMES, "none")})
         rows.append(row)
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
