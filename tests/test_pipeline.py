@@ -78,12 +78,12 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     assert "Then a second ReST step (sharpen)" in html and "sharpen, 24 online episodes)" in html  # 16 + 8
     spawns = re.search(r"\(spawn priority\): episodes per spawn, left to right, (\d+) / (\d+) / (\d+) / (\d+)", html)
     assert spawns and sum(map(int, spawns.groups())) == 16  # REINFORCE's episodes, drawn by spawn priority
-    # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and REINFORCE followed it.
+    # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and the alignment followed it.
     rm2 = json.loads((out / "reward_pft" / "model" / "config.json").read_text())
     rollouts_pft = json.loads((out / "rollouts_pft" / "store" / "manifest.json").read_text())
     assert rm2["trajectories"] == rollouts_pft["dataset_id"] and rm2["policy"] == str(out / "sft" / "model")
     assert json.loads((out / "align" / "model" / "config.json").read_text())["reward_model"] == str(out / "reward_pft" / "model")
-    assert "REINFORCE followed the second reward model" in html and "Second reward model" in html
+    assert "The alignment followed the second reward model" in html and "Second reward model" in html
     # The aligned agent again at the deployment temperature, beside (not instead of) T = 1.
     deploy, aligned = (json.loads((out / s / "eval.json").read_text()) for s in ("eval_deploy", "eval_align"))
     assert deploy["config"]["temperature"] == 0.3 and aligned["config"]["temperature"] == 1.0
