@@ -187,3 +187,13 @@ def test_the_deployment_evaluation_can_be_turned_off():
     names = lambda *o: [s.name for s in Run("unused", load_pipeline_config("smoke", list(o))).stages]  # noqa: E731
     assert "eval_deploy" in names() and "eval_deploy" not in names("deploy.temperature=none")
     assert [n for n in names("deploy.temperature=none") if n != "report"] == [n for n in STAGES if n != "eval_deploy"]
+
+
+def test_the_align_line_names_what_aligned_the_agent():
+    from agentalign.pipeline import _align_line
+
+    sharpen = {"kept": 400, "ranked": 2400, "temperature": 1.0, "rounds": 6}
+    assert _align_line("right", {"episodes": 0, "final_success": None, "sharpen": sharpen}) == \
+        "no REINFORCE: cloned the best 400 of 2400 new at T = 1 in 6 rounds"
+    line = _align_line("left", {"episodes": 1600, "final_success": 0.825, "sharpen": {**sharpen, "rounds": 1}})
+    assert line == "left success 82.5% (last 5 batches), and the best 400 of 2400 new at T = 1"
