@@ -283,7 +283,8 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws"),
                           ({"baseline": "value", "normalise": "batch"}, "normalise='none'"),
                           ({"baseline": "critic"}, "baseline must be"), ({"value_epochs": 0}, "value_epochs"),
-                          ({"value_lambda": 1.5}, "value_lambda")]:  # fmt: skip
+                          ({"value_lambda": 1.5}, "value_lambda"),
+                          ({"value_lambda": 0.9, "baseline": "start"}, "needs the critic")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ReinforceConfig(**kwargs)
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):

@@ -225,6 +225,8 @@ class ReinforceConfig:
                              "set normalise='none' with it")  # fmt: skip
         if not 0 <= self.value_lambda <= 1:
             raise ValueError(f"value_lambda must lie in [0, 1] (1: Monte Carlo returns), got {self.value_lambda}")
+        if self.value_lambda < 1 and self.baseline != "value":
+            raise ValueError(f"value_lambda < 1 needs the critic: set baseline='value' (got {self.baseline!r})")
         if self.value_lr <= 0 or self.value_epochs < 1 or self.value_hidden < 1:
             raise ValueError(f"value_lr must be positive and value_epochs, value_hidden >= 1, got {self.value_lr}, "
                              f"{self.value_epochs}, {self.value_hidden}")  # fmt: skip
