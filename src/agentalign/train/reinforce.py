@@ -602,7 +602,7 @@ def _log_rounds(out: Path, rounds: list[dict], cfg: ReinforceConfig) -> None:
     """Append a metrics row per sharpen round (its episodes' outcomes, before its clone) after
     REINFORCE's rows, so figures 8/9 follow the online success through the ReST rounds. Rewritten
     whole, so a resumed run does not log a round twice."""
-    rows = [r for r in read_metrics(out) if "align/rest_round" not in r] if (out / "metrics.jsonl").exists() else []
+    rows = [r for r in read_metrics(out) if "align/rest_round" not in r]
     done = cfg.episodes
     for i, r in enumerate(rounds):
         n = sum(r["played_pads"].values())
