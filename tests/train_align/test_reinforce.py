@@ -109,26 +109,6 @@ def test_sharpen_rounds_each_play_the_agent_the_last_one_cloned(tiny_stack, tmp_
     assert len(set(first)) == 3
 
 
-def test_accumulated_rounds_clone_the_first_agent_on_every_rounds_best(tiny_stack, tmp_path):
-    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
-    cfg = ReinforceConfig(episodes=0, polish_bc=bc, sharpen_episodes=9, sharpen_rounds=3, sharpen_temperature=1.0,
-                          sharpen_fraction=0.5, sharpen_accumulate=True, seed=0)  # fmt: skip
-    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
-    polish = tmp_path / "out" / "polish"
-    dirs = [polish / d for d in ("sharpen", "sharpen2", "sharpen3")]
-    # Each round clones from the rounds' first agent ...
-    parents = [json.loads((d / "model" / "config.json").read_text())["parent"] for d in dirs]
-    assert parents == [str((polish / "reinforce").resolve())] * 3
-    # ... on its own kept episodes after every earlier round's, in order.
-    kept = [r["kept"] for r in summary["sharpen"]["by_round"]]
-    tops = [open_store(d / "top") for d in dirs]
-    assert [len(t) for t in tops] == [kept[0], kept[0] + kept[1], sum(kept)]
-    assert [r.get("cloned", kept[0]) for r in summary["sharpen"]["by_round"]] == [len(t) for t in tops]
-    for i in range(1, 3):
-        for j in range(len(tops[i - 1])):
-            assert np.array_equal(tops[i].episode(j).frames, tops[i - 1].episode(j).frames)
-    assert all(torch.equal(_params(tmp_path / "out")[k], v) for k, v in _params(dirs[-1] / "model").items())
-
 def test_rest_rounds_alone_align_without_reinforce_and_log_their_curve(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
     cfg = ReinforceConfig(episodes=0, polish_bc=bc, sharpen_episodes=8, sharpen_rounds=2, sharpen_temperature=1.0,

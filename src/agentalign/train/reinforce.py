@@ -37,9 +37,7 @@ Departures from the paper, all configurable back to it:
   * `sharpen_episodes > 0` (off by default) then plays that many fresh episodes at
     `sharpen_temperature` and clones the best of each spawn's the same way: the agent's
     low-temperature routes, copied into its T = 1 policy. With `sharpen_rounds` > 1 the episodes
-    are split over that many such steps, each played by the agent the last one cloned;
-    `sharpen_accumulate` clones each round into the rounds' first agent on the best of every round
-    so far, so the clones' luck does not compound (as ReST-EM restarts from its base model).
+    are split over that many such steps, each played by the agent the last one cloned.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -182,11 +180,6 @@ class ReinforceConfig:
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
     sharpen_rounds: int = 1
-    # With rounds > 1, each round clones the agent the rounds started from (not the last round's
-    # clone) on the kept episodes of every round so far: the rounds' clones only pick the episodes,
-    # so one clone's luck does not compound, and the last clone learns from every round's best.
-    # ReST-EM (Singh et al., 2023) restarts from the base model each iteration for the same reason.
-    sharpen_accumulate: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -466,14 +459,11 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
         summary["polish"] = polish(final, polish_dir, cfg)
         final = polish_dir / "model"
     if cfg.sharpen_episodes:
-        rounds, first = [], final
+        rounds = []
         for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):  # polish/sharpen, sharpen2, ...
             d = polish_dir / f"sharpen{i + 1 if i else ''}"
             one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * i)
-            if cfg.sharpen_accumulate:  # into the rounds' first agent; the last round's top holds every earlier one's
-                rounds.append(sharpen(final, reward_dir, reference_dir, d, one, init=first, also=(final.parent / "top",) if i else ()))
-            else:
-                rounds.append(sharpen(final, reward_dir, reference_dir, d, one))
+            rounds.append(sharpen(final, reward_dir, reference_dir, d, one))
             final = d / "model"
         summary["sharpen"] = _merge_rounds(rounds)
         if cfg.sharpen_temperature == cfg.temperature:  # sampled as REINFORCE samples: the same curve goes on
@@ -592,20 +582,18 @@ SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart fr
 ROUND_SEED_STEP = 1000  # sharpen round i plays (and clones) with cfg.seed + i * this: its own episodes
 
 
-def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig,
-            init: Path | None = None, also: tuple[Path, ...] = ()) -> dict:  # fmt: skip
+def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
-    spawn's by the reward model (its encoder the reference, `reference_dir`), with the episodes of
-    the stores `also`, into it, or into `init` where given (out/top, out/model)."""
+    spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model)."""
     k = cfg.sharpen_samples_per_start
     record_rollouts(start, out / "episodes", RolloutConfig(episodes=cfg.sharpen_episodes, seed=SHARPEN_SEED + cfg.seed,
                                                            temperature=cfg.sharpen_temperature, samples_per_start=k))  # fmt: skip
     store = open_store(out / "episodes")
     ids = np.arange(len(store))
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
-    r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed),
-                   init or start, out, soup=cfg.clone_soup, also=also)  # fmt: skip
+    r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
+                   soup=cfg.clone_soup)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
     return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
