@@ -68,14 +68,17 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     assert "total" in stdout
     polish = json.loads((out / "align" / "stage.json").read_text())["result"]["polish"]  # the smoke preset's ReST step
     assert polish["ranked"] == 8 and polish["kept"] >= 1 and "then cloned the best" in stdout
-    assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish + sharpen" in html
+    assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish + 2 ReST rounds + sharpen" in html
     sharpen = json.loads((out / "align" / "stage.json").read_text())["result"]["sharpen"]  # 8 new episodes at T = 0.3
     assert sharpen["ranked"] == 8 and sharpen["temperature"] == 0.3 and "new at T = 0.3 in 2 rounds" in stdout
     assert sharpen["rounds"] == 2 and "over 2 rounds" in html
     polished = out / "align" / "model" / "polish"
-    soups = [*polished.glob("soup/seed*"), *polished.glob("sharpen*/soup/seed*")]  # the polish and 2 sharpen rounds: 2 each
-    assert len(soups) == 6 and all((d / "model.safetensors").is_file() for d in soups)
-    assert "Then a second ReST step (sharpen)" in html and "sharpen, 24 online episodes)" in html  # 16 + 8
+    rest = json.loads((out / "align" / "stage.json").read_text())["result"]["rest"]  # 2 rounds of 4 at T = 1
+    assert rest["ranked"] == 8 and rest["rounds"] == 2 and rest["kept"] == 4 and "new at T = 1 in 2 rounds" in stdout
+    assert "Then 2 ReST rounds (online ReST" in html
+    soups = [*polished.glob("soup/seed*"), *polished.glob("rest*/soup/seed*"), *polished.glob("sharpen*/soup/seed*")]  # 5 clones, 2 each
+    assert len(soups) == 10 and all((d / "model.safetensors").is_file() for d in soups)
+    assert "Then a second ReST step (sharpen)" in html and "sharpen, 32 online episodes)" in html  # 16 + 8 + 8
     spawns = re.search(r"\(spawn priority\): episodes per spawn, left to right, (\d+) / (\d+) / (\d+) / (\d+)", html)
     assert spawns and sum(map(int, spawns.groups())) == 16  # REINFORCE's episodes, drawn by spawn priority
     # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and the alignment followed it.
@@ -197,3 +200,7 @@ def test_the_align_line_names_what_aligned_the_agent():
         "no REINFORCE: cloned the best 400 of 2400 new at T = 1 in 6 rounds"
     line = _align_line("left", {"episodes": 1600, "final_success": 0.825, "sharpen": {**sharpen, "rounds": 1}})
     assert line == "left success 82.5% (last 5 batches), and the best 400 of 2400 new at T = 1"
+    rest = {"kept": 396, "ranked": 1584, "temperature": 1.0, "rounds": 4}
+    sharp = {"kept": 400, "ranked": 800, "temperature": 0.3, "rounds": 1}
+    assert _align_line("left", {"episodes": 0, "final_success": None, "rest": rest, "sharpen": sharp}) == \
+        "no REINFORCE: cloned the best 396 of 1584 new at T = 1 in 4 rounds, and the best 400 of 800 new at T = 0.3"

@@ -58,10 +58,11 @@ def align(
     if "polish" in s:
         typer.echo(f"  then cloned the best {s['polish']['kept']} of its last {s['polish']['ranked']} episodes "
                    f"(pads {s['polish']['kept_pads']})")  # fmt: skip
-    if "sharpen" in s:
-        k = s["sharpen"].get("rounds", 1)
-        typer.echo(f"  then played {s['sharpen']['ranked']} episodes at T = {s['sharpen']['temperature']:g} and cloned "
-                   f"the best {s['sharpen']['kept']} (pads {s['sharpen']['kept_pads']}){f' in {k} rounds' if k > 1 else ''}")  # fmt: skip
+    for step in ("rest", "sharpen"):  # the ReST rounds, then the sharpen
+        if step in s:
+            k = s[step].get("rounds", 1)
+            typer.echo(f"  then played {s[step]['ranked']} episodes at T = {s[step]['temperature']:g} and cloned "
+                       f"the best {s[step]['kept']} (pads {s[step]['kept_pads']}){f' in {k} rounds' if k > 1 else ''}")  # fmt: skip
 
 
 def dpo(

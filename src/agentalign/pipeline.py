@@ -477,9 +477,9 @@ def _align_line(target: str, r: dict) -> str:
     line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)" if r.get("episodes") else "no REINFORCE"
     if "polish" in r:
         line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
-    if "sharpen" in r:
-        k = r["sharpen"].get("rounds", 1)
-        line += (f"{', and' if r.get('episodes') else ': cloned'} the best {r['sharpen']['kept']} of {r['sharpen']['ranked']} new at T = {r['sharpen']['temperature']:g}"
+    for i, step in enumerate(s for s in ("rest", "sharpen") if s in r):
+        k = r[step].get("rounds", 1)
+        line += (f"{', and' if r.get('episodes') or i else ': cloned'} the best {r[step]['kept']} of {r[step]['ranked']} new at T = {r[step]['temperature']:g}"
                  + (f" in {k} rounds" if k > 1 else ""))  # fmt: skip
     return line
 

@@ -129,6 +129,30 @@ def test_rest_rounds_alone_align_without_reinforce_and_log_their_curve(tiny_stac
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_rest_rounds_then_a_sharpen_each_clone_the_last_and_only_the_rounds_join_the_curve(tiny_stack, tmp_path):
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=0, polish_bc=bc, rest_episodes=8, rest_rounds=2, rest_samples_per_start=2, rest_fraction=0.5,
+                          sharpen_episodes=3, sharpen_temperature=0.3, seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    polish = tmp_path / "out" / "polish"
+    rest, sharp = summary["rest"], summary["sharpen"]
+    assert rest["rounds"] == 2 and rest["ranked"] == 8 and rest["temperature"] == 1.0
+    assert [r["kept"] for r in rest["by_round"]] == [2, 2]  # the best of each start's pair
+    assert sharp["ranked"] == 3 and sharp["temperature"] == 0.3
+    # rest <- the start, rest2 <- rest's clone, sharpen <- rest2's clone; the stage ends on the sharpen's.
+    parent = {d: json.loads((polish / d / "model" / "config.json").read_text())["parent"] for d in ("rest", "rest2", "sharpen")}
+    assert parent == {"rest": str((polish / "reinforce").resolve()), "rest2": str((polish / "rest" / "model").resolve()),
+                      "sharpen": str((polish / "rest2" / "model").resolve())}  # fmt: skip
+    assert all(torch.equal(_params(tmp_path / "out")[k], v) for k, v in _params(polish / "sharpen" / "model").items())
+    # Each step plays its own start states.
+    seeds = [{open_store(polish / d / "episodes").metadata(i)["seed"] for i in range(n)}
+             for d, n in (("rest", 4), ("rest2", 4), ("sharpen", 3))]  # fmt: skip
+    assert len(seeds[0]) == len(seeds[1]) == 2 and not (seeds[0] & seeds[1] or seeds[1] & seeds[2] or seeds[0] & seeds[2])
+    # The rounds at T = 1 continue the curve; the sharpen at T = 0.3 does not.
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["align/episodes"], r["align/rest_round"]) for r in rows] == [(4, 1), (8, 2)]
+
+
 def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2, checkpoint_every=0)
     cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, seed=0)
@@ -269,7 +293,7 @@ def test_linear_schedule_decays_the_lr(tiny_stack, tmp_path):
 
 def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
     for kwargs, match in [({"beta": -1.0}, "beta"), ({"batch_episodes": 0}, "batch_episodes"),
-                          ({"episodes": 0}, "or 0 with sharpen_episodes > 0"), ({"episodes": -16}, "episodes must be"),
+                          ({"episodes": 0}, "or 0 with rest_episodes or sharpen_episodes > 0"), ({"episodes": -16}, "episodes must be"),
                           ({"target": "top"}, "unknown jump pad 'top'"),
                           ({"epochs": 0}, "epochs"), ({"clip": 1.5}, "clip"),
                           ({"schedule": "cosine"}, "schedule"), ({"normalise": "group"}, "normalise"),
@@ -277,7 +301,9 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"polish_fraction": 0.0}, "polish_fraction"), ({"sharpen_episodes": -1}, "sharpen_episodes"),
                           ({"sharpen_temperature": 0.0}, "sharpen_temperature"), ({"sharpen_fraction": 1.5}, "sharpen_fraction"),
                           ({"sharpen_episodes": 4, "sharpen_rounds": 5}, "sharpen_rounds"),
-                          ({"clone_soup": 0}, "clone_soup"),
+                          ({"clone_soup": 0}, "clone_soup"), ({"rest_episodes": -1}, "rest_episodes"),
+                          ({"rest_episodes": 4, "rest_rounds": 5}, "rest_rounds"), ({"rest_fraction": 0.0}, "rest_fraction"),
+                          ({"rest_episodes": 12, "rest_rounds": 2}, "rest_samples_per_start"),
                           ({"spawn_priority": -0.1}, "spawn_priority"),
                           ({"batch_episodes": 16, "samples_per_start": 3}, "samples_per_start must .* divides batch_episodes"),
                           ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws"),

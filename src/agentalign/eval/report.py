@@ -89,9 +89,9 @@ def _moving_mean(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def online_episodes(align: dict) -> int:
-    """Online episodes an alignment stage played: REINFORCE's, then the sharpen's (the polish
-    plays none)."""
-    return int(align.get("episodes", 0)) + int((align.get("sharpen") or {}).get("ranked", 0))
+    """Online episodes an alignment stage played: REINFORCE's, the ReST rounds' and the sharpen's
+    (the polish plays none)."""
+    return int(align.get("episodes", 0)) + sum(int((align.get(k) or {}).get("ranked", 0)) for k in ("rest", "sharpen"))
 
 
 def _eval_point(ax, x: float, fraction: float, stderr: float, colour, label: str | None, marker: str) -> None:
@@ -298,15 +298,18 @@ def write_report(run: "Run") -> Path:
 
     polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
     sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
-    reinforced = bool(res.get("align", {}).get("episodes", 1))  # episodes = 0: the ReST rounds alone aligned it
+    rest = res.get("align", {}).get("rest")  # ReST rounds at the sampling temperature, when they ran
+    reinforced = bool(res.get("align", {}).get("episodes", 1))  # episodes = 0: ReST alone aligned it
     rounds = (sharpened or {}).get("rounds", 1)
-    steps_done = (f"REINFORCE{' + polish' if polish else ''}{' + sharpen' if sharpened else ''}" if reinforced
-                  else f"{rounds} ReST round{'s' if rounds > 1 else ''}")  # fmt: skip
+    sharpen_rounds = not (reinforced or rest)  # an older config's ReST rounds: the sharpen's, at T = 1
+    steps_done = " + ".join([*(["REINFORCE"] if reinforced else []), *(["polish"] if polish else []),
+                             *([f"{rest.get('rounds', 1)} ReST rounds"] if rest else []),
+                             *([f"{rounds} ReST rounds" if sharpen_rounds else "sharpen"] if sharpened else [])])  # fmt: skip
     online = online_episodes(res.get("align", {}))
     align_metrics = read_metrics(run.dir("align") / "model")
     if align_metrics:
         ends = [(0, "eval_pft", "preference-fine-tuned agent (evaluation)"),
-                (online, "eval_align", "aligned agent" + (" after the ReST steps" if polish or sharpened else "") + " (evaluation)")]  # fmt: skip
+                (online, "eval_align", "aligned agent" + (" after the ReST steps" if polish or rest or sharpened else "") + " (evaluation)")]  # fmt: skip
         points = tuple((x, res[e]["jump_pads"][target]["fraction"], res[e]["jump_pads"][target]["stderr"], label)
                        for x, e, label in ends if evaluated(e.removeprefix("eval_")))  # fmt: skip
         plot_alignment(align_metrics, target, figs / "align.png", points=points)
@@ -372,25 +375,28 @@ def write_report(run: "Run") -> Path:
                 "agent's own rollouts.</p>" if res.get("reward_pft") else "")  # fmt: skip
         hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last {n} {'batches' if reinforced else 'rounds'}), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
-    if align_metrics and "align/spawn0_p" in align_metrics[-1]:
-        n = [int(sum(m.get(f"align/spawn{k}_n", 0) for m in align_metrics)) for k in range(len(W.SPAWNS))]
+    batches = [m for m in align_metrics if "align/rest_round" not in m]  # REINFORCE's rows, not the ReST rounds'
+    if batches and "align/spawn0_p" in batches[-1]:
+        n = [int(sum(m.get(f"align/spawn{k}_n", 0) for m in batches)) for k in range(len(W.SPAWNS))]
         hack += (f"<p>REINFORCE drew part of each batch's spawns where the agent's episodes disagreed "
                  f"(spawn priority): episodes per spawn, left to right, {' / '.join(map(str, n))}.</p>")  # fmt: skip
     if polish:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
-    if sharpened and not reinforced:
-        hack += (f"<p>No REINFORCE: {rounds} ReST round{'s' if rounds > 1 else ''} (online ReST, or expert iteration) "
-                 f"aligned the agent, {sharpened['ranked']} episodes sampled at T = {sharpened['temperature']:g} in all, "
-                 f"each round's best {sharpened['kept'] // rounds} by the reward model cloned into the agent the next "
-                 f"round plays. The curve's points are each round's own episodes.</p>")  # fmt: skip
-    elif sharpened:
+    for r in [rest] if rest else [sharpened] if sharpened and sharpen_rounds else []:
+        k = r.get("rounds", 1)
+        hack += (f"<p>{'Then' if reinforced else 'No REINFORCE:'} {k} ReST round{'s' if k > 1 else ''} (online ReST, or "
+                 f"expert iteration) aligned the agent, {r['ranked']} episodes sampled at T = {r['temperature']:g} in all, "
+                 f"each round's best {r['kept'] // k} by the reward model cloned into the agent the next round plays. "
+                 f"The curve's points {'after the batches ' if reinforced else ''}are each round's own episodes.</p>")  # fmt: skip
+    if sharpened and not sharpen_rounds:
+        before = "REINFORCE's" if reinforced else "the rounds'"
         k = sharpened.get("rounds", 1)
         hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
                  f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "
                  f"policy{f' over {k} rounds, each played by the agent the last one cloned' if k > 1 else ''}; "
-                 f"these are online episodes beyond REINFORCE's own, counted in the aligned row above.</p>")  # fmt: skip
+                 f"these are online episodes beyond {before} own, counted in the aligned row above.</p>")  # fmt: skip
     if evaluated("deploy"):
         hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "
                  f"distribution sharpened, as an LLM is decoded below its training temperature; the paper's "

@@ -34,6 +34,10 @@ Departures from the paper, all configurable back to it:
     `polish_episodes` are cloned into the aligned policy (`preference_ft.clone_best`). REINFORCE
     moves a route choice only through the rare episodes that explore the other way; cloning the
     best ones moves it at once.
+  * `rest_episodes > 0` (off by default) then runs ReST rounds at the sampling temperature: each
+    plays several episodes from each of its start states and clones the best of each start's by
+    the reward model into the agent the next round plays (expert iteration); with `episodes = 0`
+    they replace REINFORCE.
   * `sharpen_episodes > 0` (off by default) then plays that many fresh episodes at
     `sharpen_temperature` and clones the best of each spawn's the same way: the agent's
     low-temperature routes, copied into its T = 1 policy. With `sharpen_rounds` > 1 the episodes
@@ -180,13 +184,25 @@ class ReinforceConfig:
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
     sharpen_rounds: int = 1
+    # ReST rounds at `temperature`, after REINFORCE and the polish (or in place of REINFORCE, with
+    # episodes = 0) and before the sharpen: each of `rest_rounds` rounds plays its share of
+    # `rest_episodes`, `rest_samples_per_start` from each start, and clones the best `rest_fraction`
+    # of each start's (the best of k) into the agent the next round plays: online ReST with several
+    # grow steps, the paper's further work, or expert iteration. A round moved the right pad 4-5
+    # points where REINFORCE's 1,600 episodes moved it about 5 (RESULTS.md, thirteenth session).
+    # Online episodes beyond `episodes`. 0: off.
+    rest_episodes: int = 0
+    rest_rounds: int = 1
+    rest_samples_per_start: int = 4  # best of 8 did worse (74.2 against 84.8 %, 3 rounds)
+    rest_fraction: float = 0.25
     seed: int = 0
 
     def __post_init__(self) -> None:
         W.pad_index(self.target)
-        if self.episodes < 0 or (self.episodes == 0 and self.sharpen_episodes <= 0):
-            raise ValueError(f"episodes must be positive, or 0 with sharpen_episodes > 0 (ReST rounds alone), "
-                             f"got {self.episodes} (sharpen_episodes {self.sharpen_episodes})")  # fmt: skip
+        if self.episodes < 0 or (self.episodes == 0 and self.rest_episodes <= 0 and self.sharpen_episodes <= 0):
+            raise ValueError(f"episodes must be positive, or 0 with rest_episodes or sharpen_episodes > 0 (ReST alone), "
+                             f"got {self.episodes} (rest_episodes {self.rest_episodes}, sharpen_episodes "
+                             f"{self.sharpen_episodes})")  # fmt: skip
         if self.batch_episodes <= 0:
             raise ValueError(f"batch_episodes must be positive, got {self.batch_episodes}")
         if self.beta < 0:
@@ -242,13 +258,17 @@ class ReinforceConfig:
             raise ValueError(f"sharpen_fraction must lie in (0, 1], got {self.sharpen_fraction}")
         if isinstance(self.clone_soup, bool) or not isinstance(self.clone_soup, int) or self.clone_soup < 1:
             raise ValueError(f"clone_soup must be an integer >= 1 (1: a single clone), got {self.clone_soup!r}")
-        if not 1 <= self.sharpen_rounds <= max(1, self.sharpen_episodes):
-            raise ValueError(f"sharpen_rounds must lie in [1, sharpen_episodes = {self.sharpen_episodes}], "
-                             f"got {self.sharpen_rounds}")  # fmt: skip
-        k = self.sharpen_samples_per_start
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (k > 1 and self.sharpen_episodes % (k * self.sharpen_rounds)):
-            raise ValueError(f"sharpen_samples_per_start must be a positive integer that divides each sharpen round's "
-                             f"episodes ({self.sharpen_episodes} over {self.sharpen_rounds}), got {k!r}")  # fmt: skip
+        if self.rest_episodes < 0:
+            raise ValueError(f"rest_episodes must be >= 0 (0 turns the ReST rounds off), got {self.rest_episodes}")
+        if not 0 < self.rest_fraction <= 1:
+            raise ValueError(f"rest_fraction must lie in (0, 1], got {self.rest_fraction}")
+        for step in ("sharpen", "rest"):
+            n, rounds, k = (getattr(self, f"{step}_{f}") for f in ("episodes", "rounds", "samples_per_start"))
+            if not 1 <= rounds <= max(1, n):
+                raise ValueError(f"{step}_rounds must lie in [1, {step}_episodes = {n}], got {rounds}")
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (k > 1 and n % (k * rounds)):
+                raise ValueError(f"{step}_samples_per_start must be a positive integer that divides each {step} round's "
+                                 f"episodes ({n} over {rounds}), got {k!r}")  # fmt: skip
 
 
 class SpawnPriority:
@@ -423,9 +443,10 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
                     cfg: ReinforceConfig, progress=None) -> dict:  # fmt: skip
     """Align the policy at `policy_dir` (the SFT or preference-fine-tuned agent) towards the reward
     model, regularised to `reference_dir` (the SFT agent the reward model's encoder is), then
-    polish it when `cfg.polish_episodes` > 0 and sharpen it when `cfg.sharpen_episodes` > 0.
+    polish it when `cfg.polish_episodes` > 0, run ReST rounds when `cfg.rest_episodes` > 0 and
+    sharpen it when `cfg.sharpen_episodes` > 0.
 
-    A run killed during the polish or the sharpen resumes them: REINFORCE's policy, summary and
+    A run killed during the polish, the ReST rounds or the sharpen resumes them: REINFORCE's policy, summary and
     episodes are on disk by then. Killed during REINFORCE, it starts again from the beginning."""
     out = Path(out_dir)
     reference_dir, reward_dir = Path(reference_dir), Path(reward_dir)
@@ -447,7 +468,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
             summary = {"episodes": 0, "updates": 0, "dropped": 0, "seconds": 0.0, "final_success": None, "target": cfg.target}
             info = dict(stage="align", parent=str(policy_dir), reference=str(reference_dir), reward_model=str(reward_dir),
                         target=cfg.target, episodes=0)  # fmt: skip
-        if not (cfg.polish_episodes or cfg.sharpen_episodes):
+        if not (cfg.polish_episodes or cfg.rest_episodes or cfg.sharpen_episodes):
             policy.save_pretrained(out, **info)
             atomic_write_json(out / "align_summary.json", summary)
             return summary
@@ -458,16 +479,20 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
     if cfg.polish_episodes:
         summary["polish"] = polish(final, polish_dir, cfg)
         final = polish_dir / "model"
-    if cfg.sharpen_episodes:
-        rounds = []
-        for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):  # polish/sharpen, sharpen2, ...
-            d = polish_dir / f"sharpen{i + 1 if i else ''}"
-            one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * i)
-            rounds.append(sharpen(final, reward_dir, reference_dir, d, one))
-            final = d / "model"
+    logged = []  # rounds sampled as REINFORCE samples: the same curve goes on through them
+    if cfg.rest_episodes:  # the sharpen's rounds, at REINFORCE's temperature and with the rest_ keys
+        rest = replace(cfg, sharpen_episodes=cfg.rest_episodes, sharpen_rounds=cfg.rest_rounds, sharpen_temperature=cfg.temperature,
+                       sharpen_samples_per_start=cfg.rest_samples_per_start, sharpen_fraction=cfg.rest_fraction)  # fmt: skip
+        final, rounds = _rounds(final, polish_dir / "rest", reward_dir, reference_dir, rest, first=0)
+        summary["rest"] = _merge_rounds(rounds)
+        logged += rounds
+    if cfg.sharpen_episodes:  # after the ReST rounds, on the start states their next round would have played
+        final, rounds = _rounds(final, polish_dir / "sharpen", reward_dir, reference_dir, cfg,
+                                first=cfg.rest_rounds if cfg.rest_episodes else 0)  # fmt: skip
         summary["sharpen"] = _merge_rounds(rounds)
-        if cfg.sharpen_temperature == cfg.temperature:  # sampled as REINFORCE samples: the same curve goes on
-            _log_rounds(out, rounds, cfg)
+        logged += rounds if cfg.sharpen_temperature == cfg.temperature else []
+    if logged:
+        _log_rounds(out, logged, cfg)
     summary["seconds"] += time.perf_counter() - t0
     Policy.from_pretrained(final).save_pretrained(out, **info, polished=True)
     atomic_write_json(out / "align_summary.json", summary)
@@ -598,9 +623,22 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
 
+def _rounds(start: Path, base: Path, reward_dir: Path, reference_dir: Path, cfg: ReinforceConfig, first: int) -> tuple[Path, list[dict]]:
+    """`cfg.sharpen_rounds` sharpen steps over `cfg.sharpen_episodes` (base, base2, ...), each played
+    by the agent the last one cloned, round i with the seeds of round `first` + i; the last clone
+    and each round's summary."""
+    rounds = []
+    for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):
+        d = base.with_name(f"{base.name}{i + 1 if i else ''}")
+        one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * (first + i))
+        rounds.append(sharpen(start, reward_dir, reference_dir, d, one))
+        start = d / "model"
+    return start, rounds
+
+
 def _log_rounds(out: Path, rounds: list[dict], cfg: ReinforceConfig) -> None:
-    """Append a metrics row per sharpen round (its episodes' outcomes, before its clone) after
-    REINFORCE's rows, so figures 8/9 follow the online success through the ReST rounds. Rewritten
+    """Append a metrics row per ReST round at REINFORCE's temperature (its episodes' outcomes,
+    before its clone) after REINFORCE's rows, so figures 8/9 follow the online success through the ReST rounds. Rewritten
     whole, so a resumed run does not log a round twice."""
     rows = [r for r in read_metrics(out) if "align/rest_round" not in r]
     done = cfg.episodes
