@@ -40,7 +40,9 @@ def align(
     out: Path = typer.Option(..., help="Output folder."),
     set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set episodes=1600 --set beta=0."),
 ) -> None:
-    """Online REINFORCE on the reward model's return, KL-regularised to the reference."""
+    """Online REINFORCE on the reward model's return, KL-regularised to the reference; then the
+    ReST steps asked for (--set polish_episodes=, rest_episodes=, sharpen_episodes=; episodes=0
+    leaves REINFORCE out, as the cpu preset does)."""
     from agentalign.config import build_config
     from agentalign.train.reinforce import ReinforceConfig, train_reinforce
 
