@@ -365,6 +365,8 @@ def write_report(run: "Run") -> Path:
     hack = ""
     if align_metrics:
         n = max(1, min(10, len(align_metrics) // 3))  # batches (or ReST rounds) at each end, apart
+        noun = "batch" if reinforced else "round"
+        unit = noun if n == 1 else f"{n} {noun}{'es' if reinforced else 's'}"  # first vs last round, or 10 batches
         r0 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[:n]])
         r1 = np.nanmean([m.get("align/reward_return", np.nan) for m in align_metrics[-n:]])
         s0 = np.mean([m["align/success"] for m in align_metrics[:n]])
@@ -373,7 +375,7 @@ def write_report(run: "Run") -> Path:
                    else "the true success did not follow: <b>possible reward hacking</b>")  # fmt: skip
         hack = ("<p>The alignment followed the second reward model, trained on comparisons of the preference-fine-tuned "
                 "agent's own rollouts.</p>" if res.get("reward_pft") else "")  # fmt: skip
-        hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last {n} {'batches' if reinforced else 'rounds'}), "
+        hack += (f"<p>Reward-model return went from {r0:.3f} to {r1:.3f} over alignment (first vs last {unit}), "
                 f"and the true {target} success from {100 * s0:.0f}% to {100 * s1:.0f}%: {verdict}.</p>")  # fmt: skip
     batches = [m for m in align_metrics if "align/rest_round" not in m]  # REINFORCE's rows, not the ReST rounds'
     if batches and "align/spawn0_p" in batches[-1]:
