@@ -79,8 +79,9 @@ def online(run: Path, episodes: int) -> dict | None:
 
     if not all((run / s / "model").is_dir() for s in ("pft", "sft", "reward")):
         return None
+    # The REINFORCE keys of the cpu preset's [align] (which runs them with --set align.episodes=N).
     cfg = ReinforceConfig(target="left", episodes=episodes, batch_episodes=16, lr=2e-4, train_only="transformer",
-                          beta=0.0, baseline="start")  # fmt: skip  (the cpu preset's [align])
+                          beta=0.0, baseline="start")  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         s = train_reinforce(run / "pft" / "model", run / "sft" / "model", run / "reward" / "model", out, cfg)
     return {"run": str(run), "episodes": s["episodes"], "seconds": round(s["seconds"], 2),
