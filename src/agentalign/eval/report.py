@@ -386,18 +386,18 @@ def write_report(run: "Run") -> Path:
         hack += (f"<p>Then a ReST step (polish): the best {polish['kept']} of the last {polish['ranked']} episodes, "
                  f"by the reward model, were cloned into the policy (no new episode); the final evaluation "
                  f"is of the polished agent.</p>")  # fmt: skip
-    for r in [rest] if rest else [sharpened] if sharpened and sharpen_rounds else []:
-        k = r.get("rounds", 1)
+    aligning = rest or (sharpened if sharpen_rounds else None)  # the step whose rounds aligned the agent at T = 1
+    if aligning:
+        k = aligning.get("rounds", 1)
         hack += (f"<p>{'Then' if reinforced else 'No REINFORCE:'} {k} ReST round{'s' if k > 1 else ''} (online ReST, or "
-                 f"expert iteration) aligned the agent, {r['ranked']} episodes sampled at T = {r['temperature']:g} in all, "
-                 f"each round's best {r['kept'] // k} by the reward model cloned into the agent the next round plays. "
+                 f"expert iteration) aligned the agent, {aligning['ranked']} episodes sampled at T = {aligning['temperature']:g} in all, "
+                 f"each round's best {aligning['kept'] // k} by the reward model cloned into the agent the next round plays. "
                  f"The curve's points {'after the batches ' if reinforced else ''}are each round's own episodes.</p>")  # fmt: skip
     if sharpened and not sharpen_rounds:
         before = "REINFORCE's" if reinforced else "the rounds'"
-        k = sharpened.get("rounds", 1)
         hack += (f"<p>Then a second ReST step (sharpen): {sharpened['ranked']} new episodes sampled at "
                  f"T = {sharpened['temperature']:g}, the best {sharpened['kept']} by the reward model cloned into the "
-                 f"policy{f' over {k} rounds, each played by the agent the last one cloned' if k > 1 else ''}; "
+                 f"policy{f' over {rounds} rounds, each played by the agent the last one cloned' if rounds > 1 else ''}; "
                  f"these are online episodes beyond {before} own, counted in the aligned row above.</p>")  # fmt: skip
     if evaluated("deploy"):
         hack += (f"<p>The row sampled at T = {deploy_t:g} evaluates the same aligned agent with its action "

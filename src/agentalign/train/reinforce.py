@@ -638,8 +638,8 @@ def _rounds(start: Path, base: Path, reward_dir: Path, reference_dir: Path, cfg:
 
 def _log_rounds(out: Path, rounds: list[dict], cfg: ReinforceConfig) -> None:
     """Append a metrics row per ReST round at REINFORCE's temperature (its episodes' outcomes,
-    before its clone) after REINFORCE's rows, so figures 8/9 follow the online success through the ReST rounds. Rewritten
-    whole, so a resumed run does not log a round twice."""
+    before its clone) after REINFORCE's rows, so figures 8/9 follow the online success through the
+    ReST rounds. Rewritten whole, so a resumed run does not log a round twice."""
     rows = [r for r in read_metrics(out) if "align/rest_round" not in r]
     done = cfg.episodes
     for i, r in enumerate(rounds):
