@@ -18,7 +18,8 @@ Where other processes share the cores, run with OMP_WAIT_POLICY=PASSIVE: spinnin
 then make every update several times slower (4.5 s instead of 0.7 s measured at load average 4).
 Also prints where an update's time goes (augmentation, encoder, transformer + head) and, paired
 the same way, an update of the whole network against one with the pixel encoder frozen
-(train_only="transformer", as the alignment's polish and sharpen clone). Prints the figures and
+(train_only="transformer", as the alignment's clones train), and that against the same on the
+store's frame features computed once (cache_features, what the clones do). Prints the figures and
 appends JSON to benchmarks/results/bc_throughput.jsonl.
 """
 
@@ -94,26 +95,34 @@ def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[fl
 
 
 def paired_train_only(cfg, batches: list[dict], steps: int, warm: int) -> dict[str, float]:
-    """Seconds per update of the whole network against train_only="transformer" (the encoder
-    frozen, as the polish and the sharpen clone), alternating update by update in one process."""
-    from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_optimizer
+    """Seconds per update of the whole network, of train_only="transformer" (the encoder frozen, as
+    the alignment's clones train) re-running the encoder on each window, and of the same on the
+    store's FrameFeatures computed once (cache_features, what the clones do), alternating update
+    by update in one process. "encode_store_s": the one-off cost of those features."""
+    from agentalign.data import StoreReader
+    from agentalign.train.bc import FrameFeatures, TrainStep, _set_mode, build_policy, make_optimizer
     from agentalign.train.common import seed_everything
 
     device = torch.device("cpu")
-    steppers = {}
-    for mode in ("all", "transformer"):
+    steppers, out = {}, {}
+    for name, mode in (("all", "all"), ("transformer", "transformer"), ("transformer_cached", "transformer")):
         c = replace(cfg, train_only=mode)
         seed_everything(c.seed)
         policy = build_policy(c, device)
         _set_mode(policy, mode)
-        steppers[mode] = TrainStep(policy, make_optimizer(policy, c), c, device)
-    times: dict[str, list[float]] = {mode: [] for mode in steppers}
+        features = None
+        if name == "transformer_cached":
+            t = time.perf_counter()
+            features = FrameFeatures(policy, StoreReader(c.data), device, autocast=False)
+            out["encode_store_s"] = time.perf_counter() - t
+        steppers[name] = TrainStep(policy, make_optimizer(policy, c), c, device, features)
+    times: dict[str, list[float]] = {name: [] for name in steppers}
     for n in range(1, steps + 1):
-        for mode, step in steppers.items():
+        for name, step in steppers.items():
             t = time.perf_counter()
             float(step(batches[n % len(batches)], n)[0]["loss"])
-            times[mode].append(time.perf_counter() - t)
-    return {mode: statistics.median(ts[warm:]) for mode, ts in times.items()}
+            times[name].append(time.perf_counter() - t)
+    return out | {name: statistics.median(ts[warm:]) for name, ts in times.items()}
 
 
 def split_run(cfg, batch: dict, repeats: int = 7) -> dict[str, float]:
@@ -230,10 +239,16 @@ def main() -> None:
                   + (f" ({split['augment_ms'] / (1000 * mem):.0%} of an update)" if "feeds" in args.parts else ""))  # fmt: skip
         if "train_only" in args.parts:
             cmp = paired_train_only(replace(cfg, augment=False), batches, total, args.warm)
-            rows["train_only"] = {m: {"median_s": round(t, 4), "frames_per_s": round(frames / t)} for m, t in cmp.items()}
+            rows["train_only"] = {m: {"median_s": round(cmp[m], 4), "frames_per_s": round(frames / cmp[m])}
+                                  for m in ("all", "transformer", "transformer_cached")}  # fmt: skip
             rows["train_only"]["speedup"] = round(cmp["all"] / cmp["transformer"], 3)
+            rows["train_only"]["cache_speedup"] = round(cmp["transformer"] / cmp["transformer_cached"], 3)
+            rows["train_only"]["encode_store_s"] = round(cmp["encode_store_s"], 2)
             print(f"paired, no augmentation: whole network {cmp['all']:.3f} s/update, encoder frozen "
-                  f"(train_only=transformer) {cmp['transformer']:.3f} s/update -> {cmp['all'] / cmp['transformer']:.2f}x")
+                  f"(train_only=transformer) {cmp['transformer']:.3f} s/update -> {cmp['all'] / cmp['transformer']:.2f}x; "
+                  f"on cached frame features {cmp['transformer_cached']:.3f} s/update -> "
+                  f"{cmp['transformer'] / cmp['transformer_cached']:.2f}x more (encoding the store once: "
+                  f"{cmp['encode_store_s']:.1f} s)")  # fmt: skip
 
     rec = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),

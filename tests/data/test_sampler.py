@@ -52,6 +52,17 @@ def test_windows_are_exact_slices_of_the_stored_episodes(store: Path, episodes: 
         _check_batch_matches_store(batch, episodes, cfg)
 
 
+def test_windows_without_frames_are_the_same_windows(store: Path) -> None:
+    cfg = WindowConfig(window=32, batch_size=16)
+    full = WindowSampler(store, cfg, seed=3)
+    bare = WindowSampler(store, WindowConfig(window=32, batch_size=16, frames=False), seed=3)
+    for g in range(3):
+        a, b = full.batch(g), bare.batch(g)
+        assert "obs" not in b and set(a) == set(b) | {"obs"}
+        for key in b:
+            assert np.array_equal(a[key], b[key]), key
+
+
 def test_window_weights_and_skipping(store: Path, episodes: list[Episode]) -> None:
     lengths = np.array([len(e) for e in episodes])
     padded = WindowSampler(store, WindowConfig(window=32))

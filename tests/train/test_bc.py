@@ -203,6 +203,40 @@ def test_partial_training_changes_only_what_it_trains(pretrained, store, tmp_pat
     assert json.loads((tmp_path / "config.json").read_text())["parent"] == str(base_dir.resolve())
 
 
+def test_frame_features_are_the_encoders_output_for_every_window(pretrained, store):
+    """Windows gathered from the cached features equal the encoder run on the sampler's frames,
+    padding included (window 64 is longer than the ~50-step episodes)."""
+    from agentalign.data import StoreReader, WindowConfig, WindowSampler
+    from agentalign.data.torch_data import batch_to_torch
+
+    _, base_dir, _ = pretrained
+    policy = Policy.from_pretrained(base_dir).eval()
+    features = bc_module.FrameFeatures(policy, StoreReader(store), torch.device("cpu"), autocast=False, chunk=7)
+    batch = batch_to_torch(WindowSampler(store, WindowConfig(window=64, batch_size=6), seed=2).batch(0))
+    assert (batch["start"] + 64 > torch.tensor(StoreReader(store).lengths)[batch["episode"]]).any()  # padded
+    with torch.no_grad():
+        expected = policy.encode(batch["obs"])  # (6, 64, width)
+    torch.testing.assert_close(features.gather(batch["episode"], batch["start"], 64), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_clone_on_cached_features_trains_as_one_on_the_encoder(pretrained, store, tmp_path):
+    """cache_features changes where z_t comes from, not what is learnt: the same run with and
+    without it ends at the same parameters up to float rounding, and the encoder stays frozen."""
+    _, base_dir, _ = pretrained
+    cfg = smoke(store, steps=3, train_only="transformer", augment=False, stage="preference").with_init(base_dir)
+    assert bc_module.uses_feature_cache(cfg) and not bc_module.uses_feature_cache(replace(cfg, augment=True))
+    train_bc(cfg, tmp_path / "cached", progress=False)
+    train_bc(replace(cfg, cache_features=False), tmp_path / "encoder", progress=False)
+    cached, plain, before = params(tmp_path / "cached"), params(tmp_path / "encoder"), params(base_dir)
+    assert any(not torch.equal(cached[k], before[k]) for k in cached)
+    for k in cached:
+        torch.testing.assert_close(cached[k], plain[k], rtol=1e-4, atol=1e-5, msg=k)
+        if k.startswith(("encoder.", "obs_proj.")):
+            assert torch.equal(cached[k], before[k]), k
+    train_bc(cfg, tmp_path / "again", progress=False)  # and it is reproducible
+    assert_same(cached, params(tmp_path / "again"))
+
+
 def test_same_seed_same_parameters_other_seed_other_parameters(store, tmp_path):
     cfg = smoke(store, steps=3)
     train_bc(cfg, tmp_path / "a", progress=False)

@@ -53,6 +53,10 @@ class WindowConfig:
     # Redraws of an all-no-op window before giving up: a store where 64 random windows in a row
     # are all no-ops is almost certainly a recording of an idle player, worth an error.
     max_redraws: int = 64
+    # False: batches without "obs", for a trainer that already holds every frame's features (a
+    # clone with the pixel encoder frozen; agentalign.train.bc.FrameFeatures). Decoding the frames
+    # would then be wasted work.
+    frames: bool = True
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.batch_size < 1:
@@ -70,7 +74,8 @@ class WindowSampler:
 
     L is the window length. mask is True where a step counts in the loss: it exists (is not
     padding) and, with noop_filter="mask", its action is not a no-op. Each batch also carries
-    `episode` (B,) and `start` (B,) int64: where its windows came from.
+    `episode` (B,) and `start` (B,) int64: where its windows came from. With config.frames False
+    there is no obs.
     Iterating yields batch `position`, `position + 1`, ... forever and advances `position`.
     """
 
@@ -104,10 +109,11 @@ class WindowSampler:
         start = g - (int(self._cum_windows[ep - 1]) if ep else 0)
         return ep, start
 
-    def window_into(self, episode: int, start: int, obs_out: np.ndarray, actions_out: np.ndarray, mask_out: np.ndarray) -> bool:
+    def window_into(self, episode: int, start: int, obs_out: np.ndarray | None, actions_out: np.ndarray,
+                    mask_out: np.ndarray) -> bool:  # fmt: skip
         """Fill one window's arrays; returns False if the no-op filter rejects the window.
 
-        obs_out (L, H, W, 3) uint8, actions_out (L, 16) int64, mask_out (L,) bool.
+        obs_out (L, H, W, 3) uint8 (None: no frames), actions_out (L, 16) int64, mask_out (L,) bool.
         """
         w = self.config.window  # L
         actions = self.reader.actions_view(episode)  # (T, 16) uint8, cached
@@ -116,11 +122,12 @@ class WindowSampler:
         noop = is_noop(target)  # (n,)
         if self.config.noop_filter != "none" and noop.all():
             return False
-        self.reader.read_frames_into(episode, start, obs_out[:n])
+        if obs_out is not None:
+            self.reader.read_frames_into(episode, start, obs_out[:n])
+            obs_out[n:] = 0
         actions_out[:n] = target
         mask_out[:n] = ~noop if self.config.noop_filter == "mask" else True
         if n < w:
-            obs_out[n:] = 0
             actions_out[n:] = self._noop_action
             mask_out[n:] = False
         return True
@@ -133,7 +140,7 @@ class WindowSampler:
         b, length = cfg.batch_size, cfg.window
         h, w = self.reader.image_size
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(index)])))
-        obs = np.empty((b, length, h, w, 3), dtype=np.uint8)
+        obs = np.empty((b, length, h, w, 3), dtype=np.uint8) if cfg.frames else None
         actions = np.empty((b, length, ACTION_DIM), dtype=np.int64)
         mask = np.empty((b, length), dtype=bool)
         episode = np.empty(b, dtype=np.int64)
@@ -141,7 +148,7 @@ class WindowSampler:
         for j in range(b):
             for _ in range(cfg.max_redraws + 1):
                 ep, s = self.locate(int(rng.integers(self.num_windows)))
-                if self.window_into(ep, s, obs[j], actions[j], mask[j]):
+                if self.window_into(ep, s, None if obs is None else obs[j], actions[j], mask[j]):
                     break
             else:
                 raise RuntimeError(
@@ -149,7 +156,8 @@ class WindowSampler:
                     f"is the data all idle? (noop_filter={cfg.noop_filter!r})"
                 )
             episode[j], start[j] = ep, s
-        return {"obs": obs, "actions": actions, "mask": mask, "episode": episode, "start": start}
+        out = {"actions": actions, "mask": mask, "episode": episode, "start": start}
+        return out if obs is None else {"obs": obs, **out}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:

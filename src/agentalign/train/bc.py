@@ -104,6 +104,11 @@ class BCConfig:
     # "head": only the MLP after the transformer (C.4); "transformer": the frozen pixel encoder runs
     # without gradients (as online alignment trains), which halves the cost of an update on a CPU.
     train_only: Literal["all", "transformer", "head"] = "all"
+    # With the encoder frozen and no augmentation (the alignment's clones) a frame's embedding z_t
+    # is the same at every update: encode the store's frames once (FrameFeatures) and train on
+    # those features, instead of re-running the encoder on every window (an update then costs
+    # about half as much; benchmarks/bc_throughput.py). Ignored otherwise.
+    cache_features: bool = True
     # A fresh model's output biases start at the log-frequencies of the data's actions. From the
     # usual zero biases the first updates only fit those frequencies, and on the noisy population
     # set they flattened the encoder to a constant that the model never left (RESULTS.md, "Behaviour
@@ -373,27 +378,66 @@ def make_optimizer(policy: Policy, cfg: BCConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(adamw_param_groups(policy, cfg.weight_decay), lr=cfg.lr, fused=fused or None)
 
 
+def uses_feature_cache(cfg: BCConfig) -> bool:
+    """Whether a run trains on FrameFeatures: only where a frame's embedding cannot change."""
+    return cfg.cache_features and cfg.train_only == "transformer" and not cfg.augment
+
+
+class FrameFeatures:
+    """The frozen encoder's embedding z_t of every frame of a store, computed once, and the
+    windows of a batch gathered from them.
+
+    Rows follow the store's episodes end to end; one more row holds the embedding of the all-zero
+    frame the sampler pads short windows with. The features are computed as a training step would
+    (under the same autocast), in batches of `chunk` frames; a batched encoder is not bit-identical
+    to a per-window one, so a cached run differs from an uncached one in the last float bits."""
+
+    def __init__(self, policy: Policy, store: StoreReader, device: torch.device, autocast: bool, chunk: int = 1024):
+        lengths = torch.from_numpy(store.lengths.astype(np.int64))  # (N,)
+        self.lengths = lengths.to(device)
+        self.offsets = (torch.cumsum(lengths, 0) - lengths).to(device)  # (N,) first row of each episode
+        self.pad_row = int(lengths.sum())
+        h, w = store.image_size
+        parts = []
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
+            for i in range(len(store)):
+                frames = torch.from_numpy(store.frames(i)).to(device)  # (T, H, W, 3) uint8
+                parts += [policy.encode(frames[k : k + chunk]) for k in range(0, len(frames), chunk)]
+            parts.append(policy.encode(torch.zeros(1, h, w, 3, dtype=torch.uint8, device=device)))
+        self.z = torch.cat(parts)  # (num_steps + 1, width)
+
+    def gather(self, episode: torch.Tensor, start: torch.Tensor, window: int) -> torch.Tensor:
+        """(B,) episodes and (B,) window starts -> (B, L) rows' features (B, L, width)."""
+        t = start[:, None] + torch.arange(window, device=start.device)  # (B, L) step in its episode
+        rows = torch.where(t < self.lengths[episode][:, None], self.offsets[episode][:, None] + t, self.pad_row)
+        return self.z[rows]
+
+
 class TrainStep:
     """One behaviour-cloning update: augment, forward (bf16 autocast on CUDA, torch.compile where
     asked), loss, backward, clip, AdamW step with the scheduled learning rate.
 
     `step(batch, n)` takes a loader batch (obs (B, L, H, W, 3) uint8, actions (B, L, 16), mask
-    (B, L)) and the 1-based update number n (which fixes the learning rate and the augmentation
-    draw); it returns (metrics, grad_norm, lr) with tensors left on the device."""
+    (B, L), episode (B,), start (B,)) and the 1-based update number n (which fixes the learning
+    rate and the augmentation draw); it returns (metrics, grad_norm, lr) with tensors left on the
+    device. Given `features`, the frames' embeddings come from them and the batch needs no obs."""
 
-    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, cfg: BCConfig, device: torch.device):
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, cfg: BCConfig, device: torch.device,
+                 features: FrameFeatures | None = None):  # fmt: skip
         self.policy, self.optimizer, self.cfg, self.device = policy, optimizer, cfg, device
+        self.features = features
         self.params = trainable_parameters(policy)
         use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.forward = torch.compile(policy) if use_compile else policy
         self._compile_unchecked = use_compile
         self.autocast = cfg.bf16 and device.type == "cuda"
 
-    def _forward_backward(self, obs, prev, actions, mask) -> dict[str, torch.Tensor]:
+    def _forward_backward(self, obs, prev, actions, mask, z=None) -> dict[str, torch.Tensor]:
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext():
             if self.cfg.train_only == "transformer":  # no graph through the frozen encoder
-                with torch.no_grad():
-                    z = self.policy.encode(obs)  # (B, L, width)
+                if z is None:
+                    with torch.no_grad():
+                        z = self.policy.encode(obs)  # (B, L, width)
                 logits = self.policy.head(self.policy.forward_embedded(z, prev))  # (B, L, 68)
             else:
                 logits = self.forward(obs, prev)  # (B, L, 68)
@@ -404,9 +448,13 @@ class TrainStep:
 
     def __call__(self, batch: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
         cfg, dev = self.cfg, self.device
-        obs = batch["obs"].to(dev, non_blocking=True)  # (B, L, H, W, 3) uint8
         actions = batch["actions"].to(dev, non_blocking=True)  # (B, L, 16) int64
         mask = batch["mask"].to(dev, non_blocking=True)  # (B, L) bool
+        obs = z = None
+        if self.features is not None:
+            z = self.features.gather(batch["episode"].to(dev), batch["start"].to(dev), actions.shape[1])  # (B, L, width)
+        else:
+            obs = batch["obs"].to(dev, non_blocking=True)  # (B, L, H, W, 3) uint8
         if cfg.augment:
             obs = aug.augment(obs, torch.Generator().manual_seed(_augment_seed(cfg.seed, n)))  # float (B, L, H, W, 3)
         prev = previous_actions(actions)  # (B, L, 16) a_{t-1}
@@ -416,20 +464,21 @@ class TrainStep:
         if self._compile_unchecked:
             self._compile_unchecked = False
             try:
-                metrics = self._forward_backward(obs, prev, actions, mask)
+                metrics = self._forward_backward(obs, prev, actions, mask, z)
             except Exception as e:  # a compiler failure must not cost the run: fall back to eager
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
                 self.forward = self.policy
-                metrics = self._forward_backward(obs, prev, actions, mask)
+                metrics = self._forward_backward(obs, prev, actions, mask, z)
         else:
-            metrics = self._forward_backward(obs, prev, actions, mask)
+            metrics = self._forward_backward(obs, prev, actions, mask, z)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         return metrics, grad_norm.detach(), lr
 
 
-def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = None):
-    """The resumable window loader of `cfg` (batches are a pure function of (seed, batch number))."""
+def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = None, frames: bool = True):
+    """The resumable window loader of `cfg` (batches are a pure function of (seed, batch number));
+    `frames` False leaves the frames out of the batches (a run on FrameFeatures)."""
     from agentalign.data import WindowConfig
     from agentalign.data.torch_data import LoaderConfig, WindowLoader
 
@@ -438,7 +487,7 @@ def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = N
         workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     return WindowLoader(
         cfg.data,
-        WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter),
+        WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter, frames=frames),
         seed=cfg.seed,
         loader=LoaderConfig(num_workers=workers, pin_memory=device.type == "cuda"),
         num_batches=cfg.steps if num_batches is None else num_batches,
@@ -464,7 +513,7 @@ def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[
     seed_everything(cfg.seed)
     policy = build_policy(cfg, device)
     optimizer = make_optimizer(policy, cfg)
-    loader = make_loader(cfg, device)
+    loader = make_loader(cfg, device, frames=not uses_feature_cache(cfg))
     start_step = 0
     resumed = load_train_state(out, policy, optimizer) if state == "existing" else None
     if resumed is not None:
@@ -474,7 +523,9 @@ def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[
             raise ValueError(f"{out}/train_state: loader at batch {loader.position}, state at step {start_step}")
     truncate_metrics(out, start_step)  # rows a killed run logged after its last checkpoint
     logger = MetricsLogger(out)
-    train_step = TrainStep(policy, optimizer, cfg, device)
+    features = (FrameFeatures(policy, StoreReader(cfg.data), device, autocast=cfg.bf16 and device.type == "cuda")
+                if uses_feature_cache(cfg) and start_step < cfg.steps else None)  # fmt: skip
+    train_step = TrainStep(policy, optimizer, cfg, device, features)
     parent = str(Path(cfg.init).resolve()) if cfg.init is not None else None
     frames_per_step = cfg.batch_size * cfg.window
 
