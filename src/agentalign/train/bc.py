@@ -389,8 +389,10 @@ class FrameFeatures:
 
     Rows follow the store's episodes end to end; one more row holds the embedding of the all-zero
     frame the sampler pads short windows with. The features are computed as a training step would
-    (under the same autocast), in batches of `chunk` frames; a batched encoder is not bit-identical
-    to a per-window one, so a cached run differs from an uncached one in the last float bits."""
+    (under the same autocast), in batches of `chunk` frames. A batched encoder need not be
+    bit-identical to a per-window one (on our CPUs it was: RESULTS.md, fifteenth session), so a
+    cached run may differ from an uncached one in the last float bits. Memory: (steps + 1) x width
+    floats on the device: per 1,000 steps, 0.5 MB for the cpu model, 2 MB for the paper's (bf16)."""
 
     def __init__(self, policy: Policy, store: StoreReader, device: torch.device, autocast: bool, chunk: int = 1024):
         lengths = torch.from_numpy(store.lengths.astype(np.int64))  # (N,)
