@@ -63,6 +63,19 @@ def test_windows_without_frames_are_the_same_windows(store: Path) -> None:
             assert np.array_equal(a[key], b[key]), key
 
 
+def test_a_share_of_windows_starts_at_the_first_step(store: Path, episodes: list[Episode]) -> None:
+    uniform = WindowSampler(store, WindowConfig(window=8, batch_size=64), seed=3)
+    some = WindowSampler(store, WindowConfig(window=8, batch_size=64, first_window_share=0.5), seed=3)
+    every = WindowSampler(store, WindowConfig(window=8, batch_size=64, first_window_share=1.0), seed=3)
+    u, s, e = ([x.batch(g) for g in range(4)] for x in (uniform, some, every))
+    starts = [np.concatenate([b["start"] for b in bs]) for bs in (u, s, e)]
+    assert (starts[2] == 0).all()
+    assert 0.35 < np.mean(starts[1] == 0) < 0.65 and np.mean(starts[0] == 0) < 0.2
+    for b in s:  # still exact slices, and the same for the same seed
+        _check_batch_matches_store(b, episodes, some.config)
+    assert all(np.array_equal(a["start"], b["start"]) for a, b in zip(s, [some.batch(g) for g in range(4)]))
+
+
 def test_window_weights_and_skipping(store: Path, episodes: list[Episode]) -> None:
     lengths = np.array([len(e) for e in episodes])
     padded = WindowSampler(store, WindowConfig(window=32))
@@ -130,3 +143,5 @@ def test_config_is_checked() -> None:
         WindowConfig(noop_filter="remove")
     with pytest.raises(ValueError, match="short_episodes"):
         WindowConfig(short_episodes="crop")
+    with pytest.raises(ValueError, match="first_window_share"):
+        WindowConfig(first_window_share=1.5)

@@ -298,5 +298,7 @@ def test_bad_inputs_are_clear_errors_before_any_work(store, store_32px, pretrain
         with pytest.raises(ValueError, match=pattern):
             train_bc(cfg, out, progress=False)
         assert not out.exists()  # nothing was started
+    with pytest.raises(ValueError, match=r"first_window_share must be a number in \[0, 1\], got -0.1"):
+        replace(BC_PRESETS["smoke"], first_window_share=-0.1)
     with pytest.raises(ValueError, match=r"window \(32\) is longer than the model's context"):
         replace(BC_PRESETS["smoke"], window=32)

@@ -3,8 +3,9 @@
 A window is `window` = L consecutive steps (default 32, the paper's context H) of one episode:
 frames o_t .. o_{t+L-1} and the actions a_t .. a_{t+L-1} the policy must predict from them.
 Windows are drawn uniformly over all valid (episode, start) pairs, so an episode of T steps
-weighs in proportion to its number of windows, T - L + 1. Episodes shorter than the window count as one
-window, padded at the end (zero frames, no-op actions, mask False) or are skipped.
+weighs in proportion to its number of windows, T - L + 1 (`first_window_share` of them can be
+moved to their episode's first step; see WindowConfig). Episodes shorter than the window count as
+one window, padded at the end (zero frames, no-op actions, mask False) or are skipped.
 
 No-op filtering (appendix C.1: "filter out all no-op actions"). Choices, by `noop_filter`:
   "mask" (default)  no-op steps stay in the window as context but get mask False, so they add
@@ -57,8 +58,15 @@ class WindowConfig:
     # clone with the pixel encoder frozen; agentalign.train.bc.FrameFeatures). Decoding the frames
     # would then be wasted work.
     frames: bool = True
+    # Share of windows that start at their episode's first step (the episode still drawn by its
+    # number of windows). Uniform starts train step t < L of a short episode with its whole
+    # rollout context only in the first window, 1 of T - L + 1: the opening steps, where an agent
+    # on a small map picks its route, weigh least. 0: uniform (the paper's sampling).
+    first_window_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.first_window_share <= 1.0:
+            raise ValueError(f"first_window_share must be in [0, 1], got {self.first_window_share}")
         if self.window < 1 or self.batch_size < 1:
             raise ValueError(f"window and batch_size must be >= 1, got {self.window}, {self.batch_size}")
         if self.short_episodes not in SHORT_EPISODES:
@@ -148,6 +156,8 @@ class WindowSampler:
         for j in range(b):
             for _ in range(cfg.max_redraws + 1):
                 ep, s = self.locate(int(rng.integers(self.num_windows)))
+                if cfg.first_window_share and rng.random() < cfg.first_window_share:
+                    s = 0  # no draw when the share is 0: uniform batches stay as they were
                 if self.window_into(ep, s, None if obs is None else obs[j], actions[j], mask[j]):
                     break
             else:

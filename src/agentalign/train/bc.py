@@ -92,6 +92,9 @@ class BCConfig:
     # keeps a CPU run at minutes while the gradient still averages ~900 unmasked steps.
     batch_size: int = 32
     window: int = 32  # the paper's context H = 32; at most model.context
+    # Share of windows moved to their episode's first step (WindowConfig.first_window_share);
+    # 0: uniform starts, as the paper samples its hours-long recordings.
+    first_window_share: float = 0.0
     # Paper: 1e-4 for 103M parameters at batch 256. The 1M-parameter CPU model reaches the same
     # loss 3x sooner at 3e-4 (measured; see BC_PRESETS).
     lr: float = 3e-4
@@ -147,6 +150,8 @@ class BCConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if not (isinstance(self.first_window_share, (int, float)) and 0 <= self.first_window_share <= 1):
+            raise ValueError(f"first_window_share must be a number in [0, 1], got {self.first_window_share!r}")
         if self.noop_filter not in NOOP_FILTERS:
             raise ValueError(f"noop_filter must be one of {NOOP_FILTERS}, got {self.noop_filter!r}")
         if self.train_only not in TRAIN_ONLY:
@@ -489,7 +494,8 @@ def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = N
         workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     return WindowLoader(
         cfg.data,
-        WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter, frames=frames),
+        WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter, frames=frames,
+                     first_window_share=cfg.first_window_share),
         seed=cfg.seed,
         loader=LoaderConfig(num_workers=workers, pin_memory=device.type == "cuda"),
         num_batches=cfg.steps if num_batches is None else num_batches,
