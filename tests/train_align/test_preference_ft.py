@@ -2,6 +2,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from agentalign.data import open_store
@@ -68,3 +69,22 @@ def test_a_soup_of_clones_is_the_mean_of_its_members_weights(tiny_stack, tmp_pat
         torch.testing.assert_close(v.double(), torch.stack([m[k].double() for m in members]).mean(0).to(v.dtype).double())
     assert not torch.equal(soup["head.0.weight"], members[0]["head.0.weight"])
     assert json.loads((tmp_path / "soup" / "model" / "config.json").read_text())["parent"] == str(tiny_stack["sft"].resolve())
+
+
+def test_a_min_score_drops_kept_episodes_that_score_below_it(tiny_stack, tmp_path):
+    store = tmp_path / "traj"
+    record_rollouts(tiny_stack["sft"], store, RolloutConfig(episodes=6, seed=1, num_envs=6))
+    bc = replace(bc_preset("smoke"), steps=2, train_only="transformer", lr=1e-2)
+    ids, scores = np.arange(6), np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.4])
+    # The best half is 1, 3, 5; 5 (0.4) scores below 0.5 and is dropped: ReST's filter threshold.
+    r = clone_best(open_store(store), ids, scores, 0.5, None, bc, tiny_stack["sft"], tmp_path / "kept", min_score=0.5)
+    assert (r["kept"], r["below_min_score"]) == (2, 1)
+    assert r["mean_score_kept"] == pytest.approx(0.85)
+    top, src = open_store(tmp_path / "kept" / "top"), open_store(store)
+    assert [top.metadata(i)["seed"] for i in range(2)] == [src.metadata(1)["seed"], src.metadata(3)["seed"]]
+    # None above it: nothing is cloned and the agent comes back unchanged, bit for bit.
+    r = clone_best(open_store(store), ids, scores, 0.5, None, bc, tiny_stack["sft"], tmp_path / "none", min_score=0.95)
+    assert (r["kept"], r["below_min_score"], r["mean_score_kept"]) == (0, 3, None)
+    before = Policy.from_pretrained(tiny_stack["sft"]).state_dict()
+    after = Policy.from_pretrained(tmp_path / "none" / "model").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -107,17 +107,28 @@ SOUP_SEED_STEP = 104_729  # member j of a soup clones with BC seed + j * this (a
 
 
 def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, group_by: str | None, bc: BCConfig,
-               init: str | Path, out: Path, progress: bool = False, soup: int = 1) -> dict:  # fmt: skip
+               init: str | Path, out: Path, progress: bool = False, soup: int = 1, min_score: float | None = None) -> dict:  # fmt: skip
     """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
     group's, with `group_by` an episode metadata key: "spawn", or "seed" for the episodes played from
     one start state), copy them to `out`/top and clone them from `init` into `out`/model.
+    With `min_score`, a kept episode must also score at least that (ReST's filter threshold τ,
+    Gulcehre et al., 2023); when none does, `init` is saved unchanged as `out`/model.
     With `soup` > 1, clone that many times with other BC seeds (`out`/soup/seed{j}; member 0 is
     the single clone) and keep the mean of their weights (`model_soup`)."""
     groups = np.array([store.metadata(int(i)).get(group_by, -1) for i in ids]) if group_by else None
     chosen = select_top(scores, fraction, groups)
+    below = 0 if min_score is None else int((scores[chosen] < min_score).sum())
+    if below:
+        chosen = chosen[scores[chosen] >= min_score]
     top = ids[chosen]
     _copy_episodes(store, top, out / "top")
     pads = [store.metadata(int(i)).get("jump_pad") for i in top]
+    summary = {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
+               "mean_score_all": float(scores.mean()), "below_min_score": below,
+               "mean_score_kept": float(scores[chosen].mean()) if len(chosen) else None}  # fmt: skip
+    if not len(top):  # nothing good enough to clone: the step keeps the agent it was given
+        Policy.from_pretrained(init).save_pretrained(out / "model", stage=bc.stage, parent=str(Path(init).resolve()))
+        return summary
     cfg = replace(bc, data=str(out / "top")).with_init(init)
     if soup == 1:
         train_bc(cfg, out / "model", progress=progress)
@@ -127,8 +138,7 @@ def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, grou
             train_bc(replace(cfg, seed=bc.seed + SOUP_SEED_STEP * j), d, progress=progress)
         model_soup(members).save_pretrained(out / "model", stage=bc.stage, parent=str(Path(init).resolve()),
                                             soup=[str(d) for d in members])  # fmt: skip
-    return {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
-            "mean_score_all": float(scores.mean()), "mean_score_kept": float(scores[chosen].mean())}  # fmt: skip
+    return summary
 
 
 def model_soup(dirs: list[Path]) -> Policy:

@@ -44,6 +44,8 @@ Departures from the paper, all configurable back to it:
     are split over that many such steps, each played by the agent the last one cloned.
   * These ReST clones (`polish_bc`) draw half their windows from their episodes' first steps
     (`BCConfig.first_window_share`), where the route is chosen; uniform windows would weigh them least.
+  * `clone_min_score` (off by default) is ReST's filter threshold: a kept episode the reward model
+    scores below it is not cloned, so a start where every sample missed does not teach its miss.
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -186,6 +188,11 @@ class ReinforceConfig:
     # polished and sharpened with k = 2 ended no better (RESULTS.md, tenth session). Each member
     # costs one more clone.
     clone_soup: int = 1
+    # ReST's filter threshold τ (Gulcehre et al., 2023): of the episodes each ReST step keeps (the
+    # polish, every round, the sharpen), those the reward model scores below this (its normalised
+    # return) are dropped before the clone, so a start where every sample missed does not teach the
+    # miss. None: keep the best of each group whatever it scores.
+    clone_min_score: float | None = None
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
     sharpen_rounds: int = 1
@@ -263,6 +270,10 @@ class ReinforceConfig:
             raise ValueError(f"sharpen_fraction must lie in (0, 1], got {self.sharpen_fraction}")
         if isinstance(self.clone_soup, bool) or not isinstance(self.clone_soup, int) or self.clone_soup < 1:
             raise ValueError(f"clone_soup must be an integer >= 1 (1: a single clone), got {self.clone_soup!r}")
+        if self.clone_min_score is not None and not (isinstance(self.clone_min_score, (int, float))
+                                                     and math.isfinite(self.clone_min_score)):
+            raise ValueError(f"clone_min_score must be a finite number or None (keep every selected episode), "
+                             f"got {self.clone_min_score!r}")  # fmt: skip
         if self.rest_episodes < 0:
             raise ValueError(f"rest_episodes must be >= 0 (0 turns the ReST rounds off), got {self.rest_episodes}")
         if not 0 < self.rest_fraction <= 1:
@@ -605,7 +616,7 @@ def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
         raise ValueError(f"no episode with a finite reward among the last {cfg.polish_episodes}: nothing to polish with")
     scores = np.array([store.metadata(int(i))["reward"] for i in ids])
     return clone_best(store, ids, scores, cfg.polish_fraction, "spawn", replace(cfg.polish_bc, seed=cfg.seed), reinforced, out,
-                      soup=cfg.clone_soup)  # fmt: skip
+                      soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
 
 
 SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart from the evaluation's
@@ -623,7 +634,7 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     ids = np.arange(len(store))
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
-                   soup=cfg.clone_soup)  # fmt: skip
+                   soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
     return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
@@ -667,6 +678,7 @@ def _merge_rounds(rounds: list[dict]) -> dict:
     pads = sum((Counter(r["kept_pads"]) for r in rounds), Counter())
     played = sum((Counter(r["played_pads"]) for r in rounds), Counter())
     out = {**rounds[-1], "ranked": sum(r["ranked"] for r in rounds), "kept": sum(r["kept"] for r in rounds),
+           "below_min_score": sum(r.get("below_min_score", 0) for r in rounds),
            "kept_pads": dict(sorted(pads.items())), "played_pads": dict(sorted(played.items())), "rounds": len(rounds)}  # fmt: skip
     if len(rounds) > 1:
         out["by_round"] = rounds
