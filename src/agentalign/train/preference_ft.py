@@ -117,9 +117,10 @@ def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, grou
     the single clone) and keep the mean of their weights (`model_soup`)."""
     groups = np.array([store.metadata(int(i)).get(group_by, -1) for i in ids]) if group_by else None
     chosen = select_top(scores, fraction, groups)
-    below = 0 if min_score is None else int((scores[chosen] < min_score).sum())
-    if below:
-        chosen = chosen[scores[chosen] >= min_score]
+    below = 0
+    if min_score is not None:
+        passes = scores[chosen] >= min_score
+        below, chosen = int((~passes).sum()), chosen[passes]
     top = ids[chosen]
     _copy_episodes(store, top, out / "top")
     pads = [store.metadata(int(i)).get("jump_pad") for i in top]
