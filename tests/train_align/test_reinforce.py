@@ -109,29 +109,6 @@ def test_sharpen_rounds_each_play_the_agent_the_last_one_cloned(tiny_stack, tmp_
     assert len(set(first)) == 3
 
 
-def test_replayed_rounds_clone_the_last_clone_on_every_rounds_best(tiny_stack, tmp_path):
-    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
-    cfg = ReinforceConfig(episodes=0, polish_bc=bc, rest_episodes=12, rest_rounds=3, rest_samples_per_start=2, rest_fraction=0.5,
-                          rounds_replay=True, seed=0)  # fmt: skip
-    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
-    polish = tmp_path / "out" / "polish"
-    dirs = [polish / d for d in ("rest", "rest2", "rest3")]
-    # Each round clones the last round's clone ...
-    parents = [json.loads((d / "model" / "config.json").read_text())["parent"] for d in dirs]
-    assert parents == [str((polish / "reinforce").resolve())] + [str((d / "model").resolve()) for d in dirs[:2]]
-    # ... on every earlier round's kept episodes, then its own.
-    kept = [r["kept"] for r in summary["rest"]["by_round"]]
-    tops = [open_store(d / "top") for d in dirs]
-    assert kept == [2, 2, 2] and [len(t) for t in tops] == [2, 4, 6]
-    assert [r.get("cloned") for r in summary["rest"]["by_round"]] == [None, 4, 6]
-    for i in (1, 2):
-        for j in range(len(tops[i - 1])):
-            assert np.array_equal(tops[i].episode(j).frames, tops[i - 1].episode(j).frames)
-    own = open_store(dirs[2] / "episodes")
-    assert {tops[2].metadata(j)["sample_seed"] for j in (4, 5)} <= {own.metadata(i)["sample_seed"] for i in range(len(own))}
-    assert all(torch.equal(_params(tmp_path / "out")[k], v) for k, v in _params(dirs[-1] / "model").items())
-
-
 def test_rest_rounds_alone_align_without_reinforce_and_log_their_curve(tiny_stack, tmp_path):
     bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
     cfg = ReinforceConfig(episodes=0, polish_bc=bc, sharpen_episodes=8, sharpen_rounds=2, sharpen_temperature=1.0,

@@ -93,13 +93,13 @@ def select_top(scores: np.ndarray, fraction: float, groups: np.ndarray | None = 
     return np.argsort(-scores, kind="stable")[:k]
 
 
-def _copy_episodes(episodes: list[tuple], dst: Path, image_size: tuple[int, int]) -> None:
-    """Copy `episodes` ((store, id) pairs) to a new store at `dst`; a resumed run (the selection is
+def _copy_episodes(src, ids: np.ndarray, dst: Path) -> None:
+    """Copy store episodes `ids` to a new store at `dst`; a resumed run (the selection is
     deterministic) continues after the episodes already durable there."""
-    with StoreWriter(dst, image_size=image_size) as w:
-        if w.num_durable > len(episodes):
+    with StoreWriter(dst, image_size=src.image_size) as w:
+        if w.num_durable > len(ids):
             raise ValueError(f"{dst} holds another selection; remove it to start this stage again")
-        for src, i in episodes[w.num_durable :]:
+        for i in ids[w.num_durable :]:
             w.add(src.episode(int(i)))
 
 
@@ -107,16 +107,14 @@ SOUP_SEED_STEP = 104_729  # member j of a soup clones with BC seed + j * this (a
 
 
 def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, group_by: str | None, bc: BCConfig,
-               init: str | Path, out: Path, progress: bool = False, soup: int = 1, min_score: float | None = None,
-               also: tuple[Path, ...] = ()) -> dict:  # fmt: skip
+               init: str | Path, out: Path, progress: bool = False, soup: int = 1, min_score: float | None = None) -> dict:  # fmt: skip
     """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
     group's, with `group_by` an episode metadata key: "spawn", or "seed" for the episodes played from
     one start state), copy them to `out`/top and clone them from `init` into `out`/model.
     With `min_score`, a kept episode must also score at least that (ReST's filter threshold τ,
     Gulcehre et al., 2023); when none does, `init` is saved unchanged as `out`/model.
     With `soup` > 1, clone that many times with other BC seeds (`out`/soup/seed{j}; member 0 is
-    the single clone) and keep the mean of their weights (`model_soup`). Every episode of the stores
-    `also` (earlier rounds' `top`) joins the kept ones, ahead of them, in the clone's data."""
+    the single clone) and keep the mean of their weights (`model_soup`)."""
     groups = np.array([store.metadata(int(i)).get(group_by, -1) for i in ids]) if group_by else None
     chosen = select_top(scores, fraction, groups)
     below = 0
@@ -124,14 +122,12 @@ def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, grou
         passes = scores[chosen] >= min_score
         below, chosen = int((~passes).sum()), chosen[passes]
     top = ids[chosen]
-    earlier = [(st, i) for st in map(open_store, also) for i in range(len(st))]
-    _copy_episodes(earlier + [(store, i) for i in top], out / "top", store.image_size)
+    _copy_episodes(store, top, out / "top")
     pads = [store.metadata(int(i)).get("jump_pad") for i in top]
     summary = {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
                "mean_score_all": float(scores.mean()), "below_min_score": below,
-               "mean_score_kept": float(scores[chosen].mean()) if len(chosen) else None,
-               **({"cloned": len(earlier) + len(top)} if also else {})}  # fmt: skip
-    if not (len(top) or earlier):  # nothing good enough to clone: the step keeps the agent it was given
+               "mean_score_kept": float(scores[chosen].mean()) if len(chosen) else None}  # fmt: skip
+    if not len(top):  # nothing good enough to clone: the step keeps the agent it was given
         Policy.from_pretrained(init).save_pretrained(out / "model", stage=bc.stage, parent=str(Path(init).resolve()))
         return summary
     cfg = replace(bc, data=str(out / "top")).with_init(init)

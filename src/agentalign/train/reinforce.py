@@ -42,8 +42,6 @@ Departures from the paper, all configurable back to it:
     `sharpen_temperature` and clones the best of each spawn's the same way: the agent's
     low-temperature routes, copied into its T = 1 policy. With `sharpen_rounds` > 1 the episodes
     are split over that many such steps, each played by the agent the last one cloned.
-  * `rounds_replay` (off by default) clones each round on every earlier round's kept episodes too,
-    into the last round's clone, as ReST's dataset grows over its grow steps.
   * These ReST clones (`polish_bc`) draw half their windows from their episodes' first steps
     (`BCConfig.first_window_share`), where the route is chosen; uniform windows would weigh them least.
   * `clone_min_score` (off by default) is ReST's filter threshold: a kept episode the reward model
@@ -198,11 +196,6 @@ class ReinforceConfig:
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
     sharpen_rounds: int = 1
-    # Each round (of the ReST rounds, and of the sharpen's when sharpen_rounds > 1) clones on its own
-    # kept episodes and every earlier round's, into the last round's clone: ReST's growing dataset
-    # (Gulcehre et al., 2023). A clone of ~100 episodes lands where its BC seed takes it (RESULTS.md,
-    # tenth and thirteenth sessions); more episodes steady it. False: each round its own best only.
-    rounds_replay: bool = False
     # ReST rounds at `temperature`, after REINFORCE and the polish (or in place of REINFORCE, with
     # episodes = 0) and before the sharpen: each of `rest_rounds` rounds plays its share of
     # `rest_episodes`, `rest_samples_per_start` from each start, and clones the best `rest_fraction`
@@ -630,12 +623,10 @@ SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart fr
 ROUND_SEED_STEP = 1000  # sharpen round i plays (and clones) with cfg.seed + i * this: its own episodes
 
 
-def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig,
-            also: tuple[Path, ...] = ()) -> dict:  # fmt: skip
+def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
-    spawn's by the reward model (its encoder the reference, `reference_dir`), with every episode of
-    the stores `also`, into it (out/top, out/model)."""
+    spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model)."""
     k = cfg.sharpen_samples_per_start
     record_rollouts(start, out / "episodes", RolloutConfig(episodes=cfg.sharpen_episodes, seed=SHARPEN_SEED + cfg.seed,
                                                            temperature=cfg.sharpen_temperature, samples_per_start=k))  # fmt: skip
@@ -643,7 +634,7 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     ids = np.arange(len(store))
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
-                   soup=cfg.clone_soup, min_score=cfg.clone_min_score, also=also)  # fmt: skip
+                   soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
     return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
@@ -651,13 +642,12 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
 def _rounds(start: Path, base: Path, reward_dir: Path, reference_dir: Path, cfg: ReinforceConfig, first: int) -> tuple[Path, list[dict]]:
     """`cfg.sharpen_rounds` sharpen steps over `cfg.sharpen_episodes` (base, base2, ...), each played
     by the agent the last one cloned, round i with the seeds of round `first` + i; the last clone
-    and each round's summary. With `cfg.rounds_replay`, a round's top holds every earlier round's too."""
+    and each round's summary."""
     rounds = []
     for i, n in enumerate(_split(cfg.sharpen_episodes, cfg.sharpen_rounds)):
         d = base.with_name(f"{base.name}{i + 1 if i else ''}")
         one = replace(cfg, sharpen_episodes=n, sharpen_rounds=1, seed=cfg.seed + ROUND_SEED_STEP * (first + i))
-        earlier = (start.parent / "top",) if i and cfg.rounds_replay else ()  # the last round's, which holds the ones before
-        rounds.append(sharpen(start, reward_dir, reference_dir, d, one, also=earlier))
+        rounds.append(sharpen(start, reward_dir, reference_dir, d, one))
         start = d / "model"
     return start, rounds
 
