@@ -47,8 +47,7 @@ Departures from the paper, all configurable back to it:
   * `clone_min_score` (off by default) is ReST's filter threshold: a kept episode the reward model
     scores below it is not cloned, so a start where every sample missed does not teach its miss.
   * `rest_retry_share` (off by default) holds back that share of each ReST round's episodes and
-    spends it on more samples from the starts none of whose samples reached `clone_min_score`
-    (`lowest_starts`), and on fresh starts for the rest.
+    spends it on more samples from the starts whose samples scored lowest (`lowest_starts`).
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -81,7 +80,7 @@ from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
 from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, check_reward_matches,
                                      sliding_window_features, windowed_transformer)
-from agentalign.rollout import RolloutConfig, Trajectory, episode_seeds, iter_waves, record_rollouts, to_episode
+from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, atomic_write_text, read_metrics, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
@@ -185,13 +184,11 @@ class ReinforceConfig:
     # A spawn-wide quota fills with the starts where the agent already succeeds and starves those
     # where it mostly misses (RESULTS.md, eleventh session). 1: per spawn.
     sharpen_samples_per_start: int = 1
-    # With samples_per_start k > 1 and clone_min_score, this share of each round's episodes is held
-    # back and spent, once the round's starts are scored, on k more samples from each start where no
-    # sample reached clone_min_score (lowest best first), and on fresh starts for what is left: where
-    # all k missed, the retry may find the route to clone (the best of 2k). DAPO (Yu et al., 2025)
-    # resamples prompts whose group taught nothing. Retrying the lowest-scoring starts whether or not
-    # they missed spent the budget on long routes the right pad already took (RESULTS.md, eighteenth
-    # session). 0: off.
+    # With samples_per_start k > 1, this share of each round's episodes is held back and spent, after
+    # the round's starts are scored, on k more samples from the starts whose best sample scored
+    # lowest: where all k missed, the retry may find the route to clone (the best of 2k), and where
+    # the agent already succeeds none is spent. DAPO (Yu et al., 2025) resamples prompts whose
+    # group taught nothing; here the budget goes to the hard starts. 0: off.
     sharpen_retry_share: float = 0.0
     # The polish and each sharpen round clone this many times with other BC seeds and keep the mean of
     # the clones' weights (a model soup): a clone's outcome moved 12 points with its BC seed alone,
@@ -297,10 +294,9 @@ class ReinforceConfig:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (k > 1 and n % (k * rounds)):
                 raise ValueError(f"{step}_samples_per_start must be a positive integer that divides each {step} round's "
                                  f"episodes ({n} over {rounds}), got {k!r}")  # fmt: skip
-            if not 0 <= retry < 1 or (retry > 0 and (k == 1 or self.clone_min_score is None)):
+            if not 0 <= retry < 1 or (retry > 0 and k == 1):
                 raise ValueError(f"{step}_retry_share must lie in [0, 1), and be 0 unless {step}_samples_per_start > 1 "
-                                 f"and clone_min_score is set (it retries the starts no sample of which reached it), "
-                                 f"got {retry} with {step}_samples_per_start = {k}, clone_min_score = {self.clone_min_score}")  # fmt: skip
+                                 f"(it retries start states), got {retry} with {step}_samples_per_start = {k}")  # fmt: skip
 
 
 class SpawnPriority:
@@ -645,9 +641,8 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
     spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model).
-    With `cfg.sharpen_retry_share`, that share of the episodes (out/retry) replays the starts where no
-    sample reached `cfg.clone_min_score`, each of which keeps the best of all its samples, and plays
-    fresh starts with the rest."""
+    With `cfg.sharpen_retry_share`, that share of the episodes replays the starts whose best scored
+    lowest (out/retry), and each of those starts keeps the best of all its samples."""
     k = cfg.sharpen_samples_per_start
     n_retry = k * round(cfg.sharpen_retry_share * cfg.sharpen_episodes / k)  # held back for the retries
     play = RolloutConfig(episodes=cfg.sharpen_episodes - n_retry, seed=SHARPEN_SEED + cfg.seed,
@@ -657,14 +652,12 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     scores = score_trajectories(store, np.arange(len(store)), reward_dir, reference_dir)
     retried = {}
     if n_retry:
-        failed = lowest_starts(store, scores, n_retry // k, below=cfg.clone_min_score)
-        seed = play.seed + RETRY_SEED_STEP
-        fresh = tuple(episode_seeds(seed, g * k)[0] for g in range(n_retry // k - len(failed)))
-        record_rollouts(start, out / "retry", replace(play, episodes=n_retry, seed=seed, starts=failed + fresh))
+        starts = lowest_starts(store, scores, n_retry // k)
+        record_rollouts(start, out / "retry", replace(play, episodes=n_retry, seed=play.seed + RETRY_SEED_STEP, starts=starts))
         again = open_store(out / "retry")
         scores = np.concatenate([scores, score_trajectories(again, np.arange(len(again)), reward_dir, reference_dir)])
         pads = Counter(again.metadata(i).get("jump_pad") for i in range(len(again)))
-        store, retried = StoreUnion(store, again), {"retried_starts": len(failed), "retry_pads": dict(sorted(pads.items()))}
+        store, retried = StoreUnion(store, again), {"retried_starts": len(starts), "retry_pads": dict(sorted(pads.items()))}
     ids = np.arange(len(store))
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
@@ -672,15 +665,14 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     return {**r, **retried, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
 
-def lowest_starts(store, scores: np.ndarray, n: int, below: float = math.inf) -> tuple[int, ...]:
-    """The env seeds of the start states (episodes sharing an env seed) of `store` whose best episode
-    by `scores` (one per episode) scored below `below`: at most `n`, lowest first, ties in seed order."""
+def lowest_starts(store, scores: np.ndarray, n: int) -> tuple[int, ...]:
+    """The env seeds of the `n` start states (episodes sharing an env seed) of `store` whose best
+    episode scored lowest by `scores` (one per episode), lowest first; ties in seed order."""
     seeds = np.array([store.metadata(i)["seed"] for i in range(len(store))], dtype=np.int64)  # (N,)
     uniq, group = np.unique(seeds, return_inverse=True)
     best = np.full(len(uniq), -np.inf)  # (n_starts,)
     np.maximum.at(best, group, scores)
-    order = np.argsort(best, kind="stable")[:n]
-    return tuple(int(s) for s in uniq[order[best[order] < below]])
+    return tuple(int(s) for s in uniq[np.argsort(best, kind="stable")[:n]])
 
 
 def _rounds(start: Path, base: Path, reward_dir: Path, reference_dir: Path, cfg: ReinforceConfig, first: int) -> tuple[Path, list[dict]]:
