@@ -14,7 +14,6 @@ from agentalign.data import (
     Episode,
     StoreError,
     StoreReader,
-    StoreUnion,
     StoreWriter,
     WriterConfig,
     verify,
@@ -64,21 +63,6 @@ def test_append_then_reopen(tmp_path: Path) -> None:
     for got, want in zip(reader, eps):
         assert_same_episode(got, want)
     assert verify(tmp_path / "s").ok
-
-
-def test_a_union_reads_stores_as_one_in_order(tmp_path: Path) -> None:
-    eps = make_episodes(5)
-    a, b = StoreReader(write_store(tmp_path / "a", eps[:3])), StoreReader(write_store(tmp_path / "b", eps[3:]))
-    union = StoreUnion(a, b)
-    assert len(union) == 5 and union.image_size == SIZE
-    for i, want in enumerate(eps):
-        assert_same_episode(union.episode(i), want)
-        assert union.metadata(i) == (a.metadata(i) if i < 3 else b.metadata(i - 3))
-    with pytest.raises(IndexError, match="episode 5 out of range for a union of 5"):
-        union.episode(5)
-    other = StoreReader(write_store(tmp_path / "c", make_episodes(1, size=(64, 64))))
-    with pytest.raises(StoreError, match="stores of other frame sizes cannot be read as one"):
-        StoreUnion(a, other)
 
 
 def test_appending_other_image_size_is_refused(tmp_path: Path) -> None:

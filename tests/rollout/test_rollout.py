@@ -119,20 +119,6 @@ def test_samples_per_start_share_the_start_and_sample_apart(policy, cached):
         next(iter_waves(PolicyActor(policy), replace(CFG, samples_per_start=2), spawn_of=lambda e: [0] * len(e)))
 
 
-def test_starts_replay_chosen_start_states_with_fresh_samples(policy, cached):
-    first, _ = cached
-    starts = (first[4].seed, first[1].seed)  # episodes 4 and 1's start states, in that order
-    replayed = rollout(PolicyActor(policy), replace(CFG, episodes=4, seed=7, samples_per_start=2, starts=starts))
-    assert [t.seed for t in replayed] == [first[4].seed] * 2 + [first[1].seed] * 2
-    assert [t.sample_seed for t in replayed] == [episode_seeds(7, k)[1] for k in range(4)]  # the run's own streams
-    for t, old in zip(replayed, (first[4], first[4], first[1], first[1])):
-        assert t.spawn == old.spawn and t.yaw[0] == old.yaw[0]
-    with pytest.raises(ValueError, match="starts holds 1 start states of 2 episodes, fewer than the 4"):
-        replace(CFG, episodes=4, samples_per_start=2, starts=(1,))
-    with pytest.raises(ValueError, match="starts must hold non-negative integer env seeds"):
-        replace(CFG, episodes=1, starts=(-1,))
-
-
 def test_temperature_changes_the_sampling_not_the_policy(policy, cached):
     base, _ = cached
     hot = rollout(PolicyActor(policy, temperature=3.0), replace(CFG, temperature=3.0))

@@ -227,36 +227,6 @@ def test_sharpen_best_of_k_per_start_keeps_one_episode_of_each_start(tiny_stack,
         ReinforceConfig(sharpen_episodes=8, sharpen_rounds=2, sharpen_samples_per_start=3)
 
 
-def test_a_round_retries_the_starts_whose_best_scored_lowest_and_keeps_the_best_of_all_their_samples(tiny_stack, tmp_path):
-    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
-    # 12 episodes in groups of 2: 8 on 4 starts, then 4 (a third) on the 2 of them whose best scored lowest.
-    cfg = ReinforceConfig(episodes=0, polish_bc=bc, rest_episodes=12, rest_samples_per_start=2, rest_fraction=0.5,
-                          rest_retry_share=1 / 3, seed=0)  # fmt: skip
-    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
-    d = tmp_path / "out" / "polish" / "rest"
-    played, again, top = open_store(d / "episodes"), open_store(d / "retry"), open_store(d / "top")
-    assert len(played) == 8 and len(again) == 4
-    scores = score_trajectories(played, np.arange(8), tiny_stack["rm"], tiny_stack["sft"])
-    seeds = np.array([played.metadata(i)["seed"] for i in range(8)])
-    best = {int(s): scores[seeds == s].max() for s in np.unique(seeds)}
-    lowest = sorted(best, key=best.get)[:2]
-    assert [again.metadata(i)["seed"] for i in range(4)] == [lowest[0]] * 2 + [lowest[1]] * 2
-    assert {again.metadata(i)["sample_seed"] for i in range(4)}.isdisjoint({played.metadata(i)["sample_seed"] for i in range(8)})
-    # A retried start keeps the best half of its four samples, the others the best of their two.
-    both = np.concatenate([scores, score_trajectories(again, np.arange(4), tiny_stack["rm"], tiny_stack["sft"])])
-    meta = [played.metadata(i) for i in range(8)] + [again.metadata(i) for i in range(4)]
-    want = set()
-    for s in np.unique(seeds):
-        mine = [i for i, m in enumerate(meta) if m["seed"] == s]
-        want |= {meta[i]["sample_seed"] for i in sorted(mine, key=lambda i: -both[i])[: len(mine) // 2]}
-    assert {top.metadata(i)["sample_seed"] for i in range(len(top))} == want and len(top) == 6
-    r = summary["rest"]
-    assert r["ranked"] == 12 and r["retried_starts"] == 2 and sum(r["retry_pads"].values()) == 4
-    assert sum(r["played_pads"].values()) == 12  # the round's curve counts every episode it played
-    with pytest.raises(ValueError, match="rest_retry_share must lie in .0, 1., and be 0 unless rest_samples_per_start > 1"):
-        ReinforceConfig(episodes=0, rest_episodes=8, rest_samples_per_start=1, rest_retry_share=0.25)
-
-
 def test_scoring_takes_the_named_encoder_not_the_path_the_reward_model_recorded(tiny_stack, tmp_path, monkeypatch):
     # A run folder moved, or resumed from another directory: the recorded (relative) path is gone.
     moved = tmp_path / "moved_rm"
@@ -335,7 +305,6 @@ def test_bad_input_before_any_rollout(tiny_stack, tmp_path):
                           ({"rest_episodes": -1}, "rest_episodes"),
                           ({"rest_episodes": 4, "rest_rounds": 5}, "rest_rounds"), ({"rest_fraction": 0.0}, "rest_fraction"),
                           ({"rest_episodes": 12, "rest_rounds": 2}, "rest_samples_per_start"),
-                          ({"rest_retry_share": 1.0}, "rest_retry_share"), ({"sharpen_retry_share": -0.1}, "sharpen_retry_share"),
                           ({"spawn_priority": -0.1}, "spawn_priority"),
                           ({"batch_episodes": 16, "samples_per_start": 3}, "samples_per_start must .* divides batch_episodes"),
                           ({"samples_per_start": 2, "spawn_priority": 0.5}, "spawn_priority draws"),

@@ -894,37 +894,6 @@ def _decode_all(bin_path: Path, records: list[dict[str, Any]], manifest: dict[st
     return problems
 
 
-class StoreUnion:
-    """Several stores read as one, in order (episode i of the union is the i-th counting through
-    them): what a ReST round ranks and copies from when its episodes were recorded in two runs."""
-
-    def __init__(self, *stores: StoreReader):
-        sizes = {tuple(s.image_size) for s in stores}
-        if len(sizes) != 1:
-            raise StoreError(f"stores of other frame sizes cannot be read as one: {sorted(sizes)} "
-                             f"({', '.join(str(s.path) for s in stores)})")  # fmt: skip
-        self.stores = stores
-        self.image_size: tuple[int, int] = sizes.pop()  # type: ignore[assignment]
-        self._ends = np.cumsum([len(s) for s in stores])  # (n_stores,) one past each store's last episode
-
-    def __len__(self) -> int:
-        return int(self._ends[-1]) if len(self._ends) else 0
-
-    def _locate(self, i: int) -> tuple[StoreReader, int]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"episode {i} out of range for a union of {len(self)} episodes")
-        k = int(np.searchsorted(self._ends, i, side="right"))
-        return self.stores[k], i - (int(self._ends[k - 1]) if k else 0)
-
-    def metadata(self, i: int) -> dict[str, Any]:
-        store, j = self._locate(i)
-        return store.metadata(j)
-
-    def episode(self, i: int) -> Episode:
-        store, j = self._locate(i)
-        return store.episode(j)
-
-
 def open_store(path: PathLike, **kwargs: Any) -> StoreReader:
     """Shorthand for StoreReader(path, **kwargs)."""
     return StoreReader(path, **kwargs)

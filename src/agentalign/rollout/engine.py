@@ -71,10 +71,6 @@ class RolloutConfig:
     # spawn and initial yaw, and sample their own actions: k samples from one start state, as
     # RLOO and GRPO sample k completions of one prompt. 1: every episode its own start.
     samples_per_start: int = 1
-    # The env seeds of the start groups, in episode order (group g = episodes g*k .. g*k + k-1 of
-    # k = samples_per_start): replays chosen start states, each with fresh samples (a ReST round's
-    # retry of the starts where its samples scored lowest). None: each group's from the run seed.
-    starts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("episodes", "num_envs", "max_steps", "samples_per_start"):
@@ -93,13 +89,6 @@ class RolloutConfig:
             raise ValueError(f"first_episode must be >= 0, got {self.first_episode}")
         if self.keep_frames is not None and self.keep_frames < 0:
             raise ValueError(f"keep_frames must be >= 0 or None (all), got {self.keep_frames}")
-        if self.starts is not None:
-            if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in self.starts):
-                raise ValueError(f"starts must hold non-negative integer env seeds, got {self.starts!r}")
-            need = len(self.starts) * self.samples_per_start
-            if self.first_episode + self.episodes > need:
-                raise ValueError(f"starts holds {len(self.starts)} start states of {self.samples_per_start} episodes, "
-                                 f"fewer than the {self.first_episode + self.episodes} episodes asked for")  # fmt: skip
 
 
 @dataclass
@@ -245,8 +234,6 @@ def _wave(batch: IslandBatch, actor: Actor, cfg: RolloutConfig, episodes: list[i
     n, S, N = len(episodes), cfg.max_steps, batch.n
     rows = np.arange(n)
     seeds = [start_seeds(cfg.seed, k, cfg.samples_per_start) for k in episodes]
-    if cfg.starts is not None:  # replayed start states: their env seeds, the run's sampling streams
-        seeds = [(int(cfg.starts[k // cfg.samples_per_start]), s) for k, (_, s) in zip(episodes, seeds)]
     st = batch.state
 
     t0 = time.perf_counter()

@@ -120,7 +120,7 @@ def to_episode(traj: Trajectory, **metadata: Any) -> Episode:
 
 
 # Keys that must agree between the episodes already in a store and a run that resumes it.
-_RUN_KEYS = ("source", "policy_sha", "rollout_seed", "temperature", "character", "spawn_mode", "max_steps", "starts_sha")
+_RUN_KEYS = ("source", "policy_sha", "rollout_seed", "temperature", "character", "spawn_mode", "max_steps")
 
 
 def record_rollouts(source: Any, path: str | Path, cfg: RolloutConfig, *, size: int = 64,
@@ -140,8 +140,6 @@ def record_rollouts(source: Any, path: str | Path, cfg: RolloutConfig, *, size: 
         "character": cfg.character,
         **info,
     }
-    if cfg.starts is not None:  # replayed start states: a resume must replay the same ones
-        run_md["starts_sha"] = hashlib.sha256(np.asarray(cfg.starts, dtype=np.int64).tobytes()).hexdigest()[:16]
     stats = RolloutStats()
     pads: dict[str, int] = {"left": 0, "middle": 0, "right": 0, "none": 0}
     s = actor.image_size
@@ -152,7 +150,7 @@ def record_rollouts(source: Any, path: str | Path, cfg: RolloutConfig, *, size: 
         if start:
             old = writer.durable_metadata()[0]
             for key in _RUN_KEYS:
-                want = run_md.get(key)
+                want = run_md[key]
                 if old.get(key) != want:
                     raise ValueError(f"{path} holds rollouts with {key} = {old.get(key)!r}, not {want!r}; "
                                      f"resume with the same settings or pick another store")  # fmt: skip

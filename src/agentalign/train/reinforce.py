@@ -46,8 +46,6 @@ Departures from the paper, all configurable back to it:
     (`BCConfig.first_window_share`), where the route is chosen; uniform windows would weigh them least.
   * `clone_min_score` (off by default) is ReST's filter threshold: a kept episode the reward model
     scores below it is not cloned, so a start where every sample missed does not teach its miss.
-  * `rest_retry_share` (off by default) holds back that share of each ReST round's episodes and
-    spends it on more samples from the starts whose samples scored lowest (`lowest_starts`).
 
 With `train_only="head"` the encoder and transformer are frozen, so the transformer outputs h_t
 the rollout already computed are exactly those of the SFT policy: the update recomputes only the
@@ -75,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from agentalign.data import StoreUnion, StoreWriter, open_store
+from agentalign.data import StoreWriter, open_store
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
 from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, check_reward_matches,
@@ -184,12 +182,6 @@ class ReinforceConfig:
     # A spawn-wide quota fills with the starts where the agent already succeeds and starves those
     # where it mostly misses (RESULTS.md, eleventh session). 1: per spawn.
     sharpen_samples_per_start: int = 1
-    # With samples_per_start k > 1, this share of each round's episodes is held back and spent, after
-    # the round's starts are scored, on k more samples from the starts whose best sample scored
-    # lowest: where all k missed, the retry may find the route to clone (the best of 2k), and where
-    # the agent already succeeds none is spent. DAPO (Yu et al., 2025) resamples prompts whose
-    # group taught nothing; here the budget goes to the hard starts. 0: off.
-    sharpen_retry_share: float = 0.0
     # The polish and each sharpen round clone this many times with other BC seeds and keep the mean of
     # the clones' weights (a model soup): a clone's outcome moved 12 points with its BC seed alone,
     # and soups of 2-4 clones scored 1.4-4.2 points above their members' mean, but two agents
@@ -215,7 +207,6 @@ class ReinforceConfig:
     rest_rounds: int = 1
     rest_samples_per_start: int = 4  # best of 8 did worse (74.2 against 84.8 %, 3 rounds)
     rest_fraction: float = 0.25
-    rest_retry_share: float = 0.0  # as sharpen_retry_share, for the ReST rounds
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -288,15 +279,12 @@ class ReinforceConfig:
         if not 0 < self.rest_fraction <= 1:
             raise ValueError(f"rest_fraction must lie in (0, 1], got {self.rest_fraction}")
         for step in ("sharpen", "rest"):
-            n, rounds, k, retry = (getattr(self, f"{step}_{f}") for f in ("episodes", "rounds", "samples_per_start", "retry_share"))
+            n, rounds, k = (getattr(self, f"{step}_{f}") for f in ("episodes", "rounds", "samples_per_start"))
             if not 1 <= rounds <= max(1, n):
                 raise ValueError(f"{step}_rounds must lie in [1, {step}_episodes = {n}], got {rounds}")
             if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (k > 1 and n % (k * rounds)):
                 raise ValueError(f"{step}_samples_per_start must be a positive integer that divides each {step} round's "
                                  f"episodes ({n} over {rounds}), got {k!r}")  # fmt: skip
-            if not 0 <= retry < 1 or (retry > 0 and k == 1):
-                raise ValueError(f"{step}_retry_share must lie in [0, 1), and be 0 unless {step}_samples_per_start > 1 "
-                                 f"(it retries start states), got {retry} with {step}_samples_per_start = {k}")  # fmt: skip
 
 
 class SpawnPriority:
@@ -510,8 +498,7 @@ def train_reinforce(policy_dir: str | Path, reference_dir: str | Path, reward_di
     logged = []  # rounds sampled as REINFORCE samples: the same curve goes on through them
     if cfg.rest_episodes:  # the sharpen's rounds, at REINFORCE's temperature and with the rest_ keys
         rest = replace(cfg, sharpen_episodes=cfg.rest_episodes, sharpen_rounds=cfg.rest_rounds, sharpen_temperature=cfg.temperature,
-                       sharpen_samples_per_start=cfg.rest_samples_per_start, sharpen_fraction=cfg.rest_fraction,
-                       sharpen_retry_share=cfg.rest_retry_share)  # fmt: skip
+                       sharpen_samples_per_start=cfg.rest_samples_per_start, sharpen_fraction=cfg.rest_fraction)  # fmt: skip
         final, rounds = _rounds(final, polish_dir / "rest", reward_dir, reference_dir, rest, first=0)
         summary["rest"] = _merge_rounds(rounds)
         logged += rounds
@@ -633,46 +620,23 @@ def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
 
 
 SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart from the evaluation's
-RETRY_SEED_STEP = 500  # a round's retried starts sample with its seed + this: other streams than its first samples
 ROUND_SEED_STEP = 1000  # sharpen round i plays (and clones) with cfg.seed + i * this: its own episodes
 
 
 def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: ReinforceConfig) -> dict:
     """Play `cfg.sharpen_episodes` fresh episodes of the policy at `start` at
     `cfg.sharpen_temperature` (out/episodes), and clone the best `cfg.sharpen_fraction` of each
-    spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model).
-    With `cfg.sharpen_retry_share`, that share of the episodes replays the starts whose best scored
-    lowest (out/retry), and each of those starts keeps the best of all its samples."""
+    spawn's by the reward model (its encoder the reference, `reference_dir`) into it (out/top, out/model)."""
     k = cfg.sharpen_samples_per_start
-    n_retry = k * round(cfg.sharpen_retry_share * cfg.sharpen_episodes / k)  # held back for the retries
-    play = RolloutConfig(episodes=cfg.sharpen_episodes - n_retry, seed=SHARPEN_SEED + cfg.seed,
-                         temperature=cfg.sharpen_temperature, samples_per_start=k)  # fmt: skip
-    record_rollouts(start, out / "episodes", play)
+    record_rollouts(start, out / "episodes", RolloutConfig(episodes=cfg.sharpen_episodes, seed=SHARPEN_SEED + cfg.seed,
+                                                           temperature=cfg.sharpen_temperature, samples_per_start=k))  # fmt: skip
     store = open_store(out / "episodes")
-    scores = score_trajectories(store, np.arange(len(store)), reward_dir, reference_dir)
-    retried = {}
-    if n_retry:
-        starts = lowest_starts(store, scores, n_retry // k)
-        record_rollouts(start, out / "retry", replace(play, episodes=n_retry, seed=play.seed + RETRY_SEED_STEP, starts=starts))
-        again = open_store(out / "retry")
-        scores = np.concatenate([scores, score_trajectories(again, np.arange(len(again)), reward_dir, reference_dir)])
-        pads = Counter(again.metadata(i).get("jump_pad") for i in range(len(again)))
-        store, retried = StoreUnion(store, again), {"retried_starts": len(starts), "retry_pads": dict(sorted(pads.items()))}
     ids = np.arange(len(store))
+    scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
-    return {**r, **retried, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
-
-
-def lowest_starts(store, scores: np.ndarray, n: int) -> tuple[int, ...]:
-    """The env seeds of the `n` start states (episodes sharing an env seed) of `store` whose best
-    episode scored lowest by `scores` (one per episode), lowest first; ties in seed order."""
-    seeds = np.array([store.metadata(i)["seed"] for i in range(len(store))], dtype=np.int64)  # (N,)
-    uniq, group = np.unique(seeds, return_inverse=True)
-    best = np.full(len(uniq), -np.inf)  # (n_starts,)
-    np.maximum.at(best, group, scores)
-    return tuple(int(s) for s in uniq[np.argsort(best, kind="stable")[:n]])
+    return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
 
 def _rounds(start: Path, base: Path, reward_dir: Path, reference_dir: Path, cfg: ReinforceConfig, first: int) -> tuple[Path, list[dict]]:
@@ -715,7 +679,6 @@ def _merge_rounds(rounds: list[dict]) -> dict:
     played = sum((Counter(r["played_pads"]) for r in rounds), Counter())
     out = {**rounds[-1], "ranked": sum(r["ranked"] for r in rounds), "kept": sum(r["kept"] for r in rounds),
            "below_min_score": sum(r.get("below_min_score", 0) for r in rounds),
-           "retried_starts": sum(r.get("retried_starts", 0) for r in rounds),
            "kept_pads": dict(sorted(pads.items())), "played_pads": dict(sorted(played.items())), "rounds": len(rounds)}  # fmt: skip
     if len(rounds) > 1:
         out["by_round"] = rounds
