@@ -10,7 +10,6 @@ from agentalign.models import Policy
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import PreferenceFTConfig, clone_best, preference_finetune, select_top
-from agentalign.train.reinforce import ReinforceConfig
 
 
 def test_select_top_keeps_the_best_fifth():
@@ -89,24 +88,3 @@ def test_a_min_score_drops_kept_episodes_that_score_below_it(tiny_stack, tmp_pat
     before = Policy.from_pretrained(tiny_stack["sft"]).state_dict()
     after = Policy.from_pretrained(tmp_path / "none" / "model").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-def test_rare_repeat_copies_a_start_s_pick_as_often_as_its_samples_missed(tiny_stack, tmp_path):
-    store = tmp_path / "traj"
-    record_rollouts(tiny_stack["sft"], store, RolloutConfig(episodes=6, seed=1, num_envs=6, samples_per_start=2))
-    src = open_store(store)
-    starts = [src.metadata(i)["seed"] for i in range(6)]
-    a, b, c = sorted(set(starts), key=starts.index)  # three starts, two samples each
-    # Start a: one of two reaches 0.5 (copied 2 // 1 = 2 times); b: both do (once); c: neither (dropped).
-    by_start = {a: [0.9, 0.1], b: [0.8, 0.7], c: [0.3, 0.2]}
-    scores = np.array([by_start[s].pop(0) for s in starts])
-    bc = replace(bc_preset("smoke"), steps=2, train_only="transformer", lr=1e-2)
-    r = clone_best(src, np.arange(6), scores, 0.5, "seed", bc, tiny_stack["sft"], tmp_path / "rare", min_score=0.5,
-                   rare_repeat=True)  # fmt: skip
-    assert (r["kept"], r["below_min_score"], r["cloned"]) == (2, 1, 3)
-    top = open_store(tmp_path / "rare" / "top")
-    assert sorted(top.metadata(i)["seed"] for i in range(3)) == sorted([a, a, b])
-    with pytest.raises(ValueError, match="min_score"):
-        clone_best(src, np.arange(6), scores, 0.5, "seed", bc, tiny_stack["sft"], tmp_path / "x", rare_repeat=True)
-    with pytest.raises(ValueError, match="clone_min_score"):
-        ReinforceConfig(clone_rare_repeat=True)

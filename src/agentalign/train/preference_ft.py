@@ -107,39 +107,26 @@ SOUP_SEED_STEP = 104_729  # member j of a soup clones with BC seed + j * this (a
 
 
 def clone_best(store, ids: np.ndarray, scores: np.ndarray, fraction: float, group_by: str | None, bc: BCConfig,
-               init: str | Path, out: Path, progress: bool = False, soup: int = 1, min_score: float | None = None,
-               rare_repeat: bool = False) -> dict:  # fmt: skip
+               init: str | Path, out: Path, progress: bool = False, soup: int = 1, min_score: float | None = None) -> dict:  # fmt: skip
     """One ReST step: keep the best `fraction` of the store episodes `ids` by `scores` (of each
     group's, with `group_by` an episode metadata key: "spawn", or "seed" for the episodes played from
     one start state), copy them to `out`/top and clone them from `init` into `out`/model.
     With `min_score`, a kept episode must also score at least that (ReST's filter threshold τ,
     Gulcehre et al., 2023); when none does, `init` is saved unchanged as `out`/model.
     With `soup` > 1, clone that many times with other BC seeds (`out`/soup/seed{j}; member 0 is
-    the single clone) and keep the mean of their weights (`model_soup`).
-    With `rare_repeat` (and `min_score`), a kept episode is copied n // h times, where h of the n
-    episodes of its group reached `min_score`: a start the agent rarely solves weighs in the clone
-    as much as its samples say it is needed (a best-of-4 from a 1-in-4 start counts four times)."""
+    the single clone) and keep the mean of their weights (`model_soup`)."""
     groups = np.array([store.metadata(int(i)).get(group_by, -1) for i in ids]) if group_by else None
     chosen = select_top(scores, fraction, groups)
     below = 0
     if min_score is not None:
         passes = scores[chosen] >= min_score
         below, chosen = int((~passes).sum()), chosen[passes]
-    copies = np.ones(len(chosen), dtype=np.int64)
-    if rare_repeat:
-        if min_score is None or groups is None:
-            raise ValueError("rare_repeat weighs a group by how many of its episodes reach min_score: set both")
-        for j, c in enumerate(chosen):
-            same = groups == groups[c]  # (len(ids),) the episodes of c's group
-            copies[j] = same.sum() // (scores[same] >= min_score).sum()
-    top = np.repeat(ids[chosen], copies)
+    top = ids[chosen]
     _copy_episodes(store, top, out / "top")
-    pads = [store.metadata(int(i)).get("jump_pad") for i in ids[chosen]]
-    summary = {"ranked": int(len(ids)), "kept": int(len(chosen)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
+    pads = [store.metadata(int(i)).get("jump_pad") for i in top]
+    summary = {"ranked": int(len(ids)), "kept": int(len(top)), "kept_pads": {p: pads.count(p) for p in sorted(set(pads))},
                "mean_score_all": float(scores.mean()), "below_min_score": below,
                "mean_score_kept": float(scores[chosen].mean()) if len(chosen) else None}  # fmt: skip
-    if rare_repeat:
-        summary["cloned"] = int(len(top))  # with the copies
     if not len(top):  # nothing good enough to clone: the step keeps the agent it was given
         Policy.from_pretrained(init).save_pretrained(out / "model", stage=bc.stage, parent=str(Path(init).resolve()))
         return summary

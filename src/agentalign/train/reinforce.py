@@ -193,10 +193,6 @@ class ReinforceConfig:
     # return) are dropped before the clone, so a start where every sample missed does not teach the
     # miss. None: keep the best of each group whatever it scores.
     clone_min_score: float | None = None
-    # Each kept episode cloned n // h times, where h of the n episodes of its start (its spawn, for a
-    # step without several samples per start) reached `clone_min_score`: the best of four from a
-    # start the agent solves one time in four weighs four times in the clone. Needs clone_min_score.
-    clone_rare_repeat: bool = False
     # The sharpen's episodes split over this many ReST rounds, each cloning into the agent the next
     # plays: the paper's further work (more than one grow step). 1: one round of all of them.
     sharpen_rounds: int = 1
@@ -278,8 +274,6 @@ class ReinforceConfig:
                                                      and math.isfinite(self.clone_min_score)):
             raise ValueError(f"clone_min_score must be a finite number or None (keep every selected episode), "
                              f"got {self.clone_min_score!r}")  # fmt: skip
-        if self.clone_rare_repeat and self.clone_min_score is None:
-            raise ValueError("clone_rare_repeat counts a start's episodes that reach clone_min_score: set clone_min_score")
         if self.rest_episodes < 0:
             raise ValueError(f"rest_episodes must be >= 0 (0 turns the ReST rounds off), got {self.rest_episodes}")
         if not 0 < self.rest_fraction <= 1:
@@ -622,7 +616,7 @@ def polish(reinforced: Path, out: Path, cfg: ReinforceConfig) -> dict:
         raise ValueError(f"no episode with a finite reward among the last {cfg.polish_episodes}: nothing to polish with")
     scores = np.array([store.metadata(int(i))["reward"] for i in ids])
     return clone_best(store, ids, scores, cfg.polish_fraction, "spawn", replace(cfg.polish_bc, seed=cfg.seed), reinforced, out,
-                      soup=cfg.clone_soup, min_score=cfg.clone_min_score, rare_repeat=cfg.clone_rare_repeat)  # fmt: skip
+                      soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
 
 
 SHARPEN_SEED = 10_000  # the sharpen step's episode seeds (+ cfg.seed), apart from the evaluation's
@@ -640,7 +634,7 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
     ids = np.arange(len(store))
     scores = score_trajectories(store, ids, reward_dir, reference_dir)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
-                   soup=cfg.clone_soup, min_score=cfg.clone_min_score, rare_repeat=cfg.clone_rare_repeat)  # fmt: skip
+                   soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
     return {**r, "temperature": cfg.sharpen_temperature, "played_pads": dict(sorted(played.items()))}
 
