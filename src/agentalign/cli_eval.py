@@ -80,7 +80,8 @@ def eval_command(
         r = evaluate(checkpoint, out, episodes=episodes, seed=seed, temperature=temperature, num_envs=num_envs,
                      videos=videos, size=size, progress=progress)  # fmt: skip
     tp = r["throughput"]
-    typer.echo(f"{r['label']}: {format_distribution(r)} — {tp['steps_per_second']:.0f} steps/s; "
+    typer.echo(f"{r['label']}: {format_distribution(r)}; pinned at a wall {100 * r['stuck']['fraction']:.1f}% — "
+               f"{tp['steps_per_second']:.0f} steps/s; "
                f"wrote {out / 'eval.json'}")  # fmt: skip
 
 

@@ -488,7 +488,8 @@ def _eval_line(r: dict) -> str:
     if "jump_pads" not in r:
         return r.get("skipped", "")
     jp = r["jump_pads"]
-    return " ".join(f"{p} {100 * jp[p]['fraction']:.0f}%" for p in ("left", "middle", "right", "none"))
+    line = " ".join(f"{p} {100 * jp[p]['fraction']:.0f}%" for p in ("left", "middle", "right", "none"))
+    return line + (f" ({100 * r['stuck']['fraction']:.0f}% pinned at a wall)" if "stuck" in r else "")
 
 
 def _sweep_line(r: dict) -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agentalign.eval import evaluate, format_distribution, pad_distribution, plot_heatmaps, plot_jump_pads
+from agentalign.eval.metrics import by_start, stuck
 from agentalign.models import Policy, model_preset
 from agentalign.rollout import RandomActor, RolloutConfig, load_trajectories, rollout
 
@@ -25,6 +26,23 @@ def test_distribution_matches_hand_computation():
     assert line.endswith("success 75.0% ± 21.7 (N = 4)")
     with pytest.raises(ValueError, match="unknown jump pad"):
         pad_distribution(["top"])
+
+
+def test_by_start_bins_spawn_and_initial_yaw():
+    edges = [0.0, 1.0, 2.0, 3.0]  # three bins; yaws outside fall in the end bins
+    r = by_start([1, 1, 0, 1, 1], [0.5, 2.5, 1.5, -4.0, 1.0], ["left", "none", "right", "left", "middle"], edges)
+    assert list(r) == ["0/1", "1/0", "1/1", "1/2"]  # spawn, then bin, in numeric order
+    assert r["1/0"] == {"episodes": 2, "none": 0, "left": 2, "middle": 0, "right": 0}
+    assert r["1/1"]["middle"] == 1 and r["1/2"]["none"] == 1 and r["0/1"]["right"] == 1
+
+
+def test_stuck_counts_timeouts_pinned_in_place():
+    still = np.array([[5.0, 5.0]] * 20 + [[35.0, 35.0 + 0.01 * k] for k in range(31)])  # walks, then presses a wall
+    roaming = np.stack([np.linspace(0, 30, 51), np.zeros(51)], 1)  # timed out while still moving
+    short = np.array([[1.0, 1.0]] * 10)  # fewer steps than the window: not judged pinned
+    r = stuck([still, roaming, still, short], ["none", "none", "left", "none"], window=30, radius=2.0)
+    assert r["count"] == 1 and r["fraction"] == 0.25 and r["of_none"] == pytest.approx(1 / 3)
+    assert stuck([], [])["fraction"] == 0.0
 
 
 def _numbers(x):
@@ -51,6 +69,8 @@ def test_evaluate_writes_json_figures_and_videos(tmp_path):
     assert sum(d["count"] for d in r["jump_pads"].values()) == 5
     assert r["metrics"]["eval/success"] == r["success"]["fraction"]
     assert sum(s["episodes"] for s in r["by_spawn"].values()) == 5
+    assert sum(s["episodes"] for s in r["by_start"].values()) == 5
+    assert 0 <= r["stuck"]["count"] <= r["jump_pads"]["none"]["count"]
     assert r["throughput"]["steps"] == sum(t.length for t in load_trajectories(out / "trajectories.npz"))
     for png in ("jump_pads.png", "heatmap.png"):
         img = iio.imread(out / png)

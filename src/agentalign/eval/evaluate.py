@@ -5,6 +5,7 @@ episodes ... the Ninja character with an empty context buffer at one of the spaw
 random ... until it reaches one of the jump pads or times out." Writes into `out_dir`:
 
     eval.json       distribution (counts, fractions, standard errors), lengths, per-spawn counts,
+                    per start cell (spawn, fifth of initial yaw), timeouts pinned against a wall,
                     namespaced metrics (eval/success, eval/left, ...), throughput, provenance
     jump_pads.png   the bar chart of figures 3-5
     heatmap.png     the trajectory heatmap of figure 10, episode ends coloured by pad
@@ -19,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from agentalign.envs.skygarden import world as W
 from agentalign.eval.figures import plot_heatmaps, plot_jump_pads, write_episode_videos
-from agentalign.eval.metrics import by_spawn, flat_metrics, length_summary, pad_distribution
+from agentalign.eval.metrics import by_spawn, by_start, flat_metrics, length_summary, pad_distribution, stuck
 from agentalign.rollout.engine import RolloutConfig, RolloutStats, rollout
 from agentalign.rollout.recording import RANDOM, load_actor, save_trajectories
 
@@ -71,6 +74,10 @@ def evaluate(checkpoint_or_policy: Any, out_dir: str | Path, episodes: int = 100
         **dist,
         "length": length_summary([t.length for t in trajs], pads),
         "by_spawn": by_spawn([t.spawn for t in trajs], pads),
+        # Spawn and fifth of the initial yaw's jitter range, where the misses gather.
+        "by_start": by_start([t.spawn for t in trajs], [float(t.yaw[0]) for t in trajs], pads,
+                             W.SPAWN_YAW + W.SPAWN_YAW_JITTER * np.linspace(-1, 1, 6)),  # fmt: skip
+        "stuck": stuck([t.pos for t in trajs], pads),
         "metrics": flat_metrics(dist),
         "throughput": {**stats.to_dict(), "figures_seconds": round(figures_s, 3)},
         "files": {

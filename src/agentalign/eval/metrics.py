@@ -61,6 +61,42 @@ def by_spawn(spawns: Sequence[int], pads: Sequence[str]) -> dict[str, dict[str, 
     return dict(sorted(out.items()))
 
 
+def by_start(spawns: Sequence[int], yaw0: Sequence[float], pads: Sequence[str],
+             yaw_edges: Sequence[float]) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Counts of each pad per start cell: spawn and bin of initial yaw ("1/0": spawn 1, lowest yaws).
+
+    `yaw_edges` (K + 1,) bound K bins; a yaw outside them falls in the nearest end bin. The aligned
+    agents' misses gather in a few such cells (RESULTS.md, eighteenth session), which a per-spawn
+    count averages away."""
+    inner = np.asarray(yaw_edges, dtype=np.float64)[1:-1]
+    out: dict[str, dict[str, int]] = {}
+    for s, y, p in zip(spawns, yaw0, pads):
+        row = out.setdefault(f"{int(s)}/{int(np.searchsorted(inner, y, side='right'))}",
+                             {k: 0 for k in ("episodes",) + PAD_ORDER})  # fmt: skip
+        row["episodes"] += 1
+        row[p] += 1
+    return dict(sorted(out.items(), key=lambda kv: tuple(map(int, kv[0].split("/")))))
+
+
+def stuck(positions: Sequence[np.ndarray], pads: Sequence[str], window: int = 30, radius: float = 2.0) -> dict:
+    """Episodes that reached no pad and ended pinned: over their last `window` steps the agent stayed
+    within `radius` world units of where it stopped — pressing into a wall or a corner, the collapse
+    #6 warns of ("the agent still reaches the pad, not a wall"), not still searching.
+
+    positions: one (T + 1, 2) array per episode -> {"count", "fraction" (of all episodes), "of_none"}."""
+    n_none, count = 0, 0
+    for pos, p in zip(positions, pads):
+        if p != "none":
+            continue
+        n_none += 1
+        tail = np.asarray(pos, dtype=np.float64)[-(window + 1):]
+        if len(tail) > window and np.linalg.norm(tail - tail[-1], axis=1).max() <= radius:
+            count += 1
+    n = len(pads)
+    return {"count": count, "fraction": count / n if n else 0.0, "of_none": count / n_none if n_none else 0.0,
+            "window": window, "radius": radius}  # fmt: skip
+
+
 def flat_metrics(dist: dict) -> dict[str, float]:
     """Namespaced scalars for metrics.jsonl: eval/success, eval/success_stderr, eval/left, ..."""
     m = {"eval/success": dist["success"]["fraction"], "eval/success_stderr": dist["success"]["stderr"]}

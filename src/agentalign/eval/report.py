@@ -296,6 +296,9 @@ def write_report(run: "Run") -> Path:
         r = res.get(stage)
         return r["jump_pads"][pad]["fraction"] if r and "jump_pads" in r else None
 
+    def pinned(stage: str) -> float | None:  # timeouts pinned against a wall (eval.metrics.stuck)
+        return (res.get(stage) or {}).get("stuck", {}).get("fraction")
+
     polish = res.get("align", {}).get("polish")  # the ReST step after REINFORCE, when it ran
     sharpened = res.get("align", {}).get("sharpen")  # the ReST step on low-temperature episodes, when it ran
     rest = res.get("align", {}).get("rest")  # ReST rounds at the sampling temperature, when they ran
@@ -342,6 +345,8 @@ def write_report(run: "Run") -> Path:
          f"{online:,} online episodes): {target} pad",
          frac("eval_align", target),
          f"≈{PAPER['align_' + target] if 'align_' + target in PAPER else 99:.0f} % after 9,600 episodes", "app. I"),
+        ("Aligned: timed out pinned at a wall (the other behaviour must not collapse)", pinned("eval_align"),
+         "—" if pinned("eval_sft") is None else f"— (SFT agent: {100 * pinned('eval_sft'):.1f} %)", "#6"),
         (f"DPO (offline): {target} pad", frac("eval_dpo", target), "not run in the paper", "app. J"),
     ]
     deploy_t = run.cfg.deploy.temperature
