@@ -8,6 +8,7 @@ import torch
 
 from agentalign.data import open_store
 from agentalign.models import Policy
+from agentalign.models.reward import RewardEnsemble, RewardModel
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
 from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, record_rollouts, rollout
@@ -355,3 +356,22 @@ def test_the_rollouts_frame_embeddings_stand_in_for_encoding_again(tiny_stack):
     for k in sd1:
         torch.testing.assert_close(sd1[k], sd2[k], atol=1e-5, rtol=0)
     assert not torch.equal(sd1["head.0.weight"], Policy.from_pretrained(tiny_stack["sft"]).state_dict()["head.0.weight"])
+
+
+def test_an_ensemble_reward_model_scores_the_mean_of_its_members_in_both_paths(tiny_stack, tmp_path):
+    # ReST ranks through score_trajectories, REINFORCE through TrajectoryRewarder: both take an ensemble.
+    meta = json.loads((tiny_stack["rm"] / "config.json").read_text())
+    info = {k: meta[k] for k in ("encoder", "policy", "policy_fingerprint")}
+    members = [RewardModel.from_pretrained(tiny_stack["rm"])[0]]
+    torch.manual_seed(7)
+    members.append(RewardModel(members[0].cfg))
+    members[1].save_pretrained(tmp_path / "rm1", **info)
+    RewardEnsemble(members).save_pretrained(tmp_path / "ens", **info)
+    record_rollouts(tiny_stack["sft"], tmp_path / "played", RolloutConfig(episodes=4, num_envs=4, max_steps=10))
+    store, ids = open_store(tmp_path / "played"), np.arange(4)
+    each = [score_trajectories(store, ids, d, tiny_stack["sft"]) for d in (tiny_stack["rm"], tmp_path / "rm1")]
+    np.testing.assert_allclose(score_trajectories(store, ids, tmp_path / "ens", tiny_stack["sft"]), np.mean(each, 0), atol=1e-6)
+    wave = next(iter_waves(Policy.from_pretrained(tiny_stack["sft"]), RolloutConfig(episodes=4, num_envs=4, keep_frames=None, seed=3)))
+    ref = Policy.from_pretrained(tiny_stack["sft"]).eval()
+    each = [TrajectoryRewarder(d, ref, 64)(wave) for d in (tiny_stack["rm"], tmp_path / "rm1")]
+    np.testing.assert_allclose(TrajectoryRewarder(tmp_path / "ens", ref, 64)(wave), np.mean(each, 0), atol=1e-6)

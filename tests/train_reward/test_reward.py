@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from agentalign.models import Policy, model_preset
-from agentalign.models.reward import AgentEncoder, RandomEncoder, RewardModel, RewardModelConfig, bt_loss, pad_trajectory
+from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardEnsemble, RewardModel, RewardModelConfig, bt_loss,
+                                     load_reward_model, pad_trajectory)
 from agentalign.prefs import Preference, PreferenceSet
 from agentalign.train.reward import RewardTrainConfig, count_comparisons, pairwise_metrics, preference_matrix, train_reward_model
 
@@ -133,3 +134,33 @@ def test_padded_embeddings_encode_each_frame_once_and_match_the_padded_frames(pa
         enc.padded(frames, actions, 10, pad)
     with pytest.raises(ValueError, match="trajectory 1: 11 frames for 12 actions"):
         enc.padded([frames[0], frames[1][:11]], actions[:2], 30, pad)
+
+
+def test_ensemble_scores_its_members_mean_and_round_trips(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    m, e = 24, 8
+    score = torch.randperm(m, generator=g).float()
+    emb = torch.randn(m, 100, e, generator=g) * 0.1
+    emb[:, :, 0] += score[:, None] / m
+    ids = np.arange(m)
+    P = preference_matrix(PreferenceSet("x", [Preference(tuple(int(i) for i in ids),
+                                                         ranking=tuple(int(m - 1 - s) for s in score))]), ids)  # fmt: skip
+    cfg = RewardTrainConfig(encoder="random", max_steps=30, traj_per_step=8, ensemble=3, seed=5)
+    ens, info = train_reward_model(emb, P, cfg)
+    assert isinstance(ens, RewardEnsemble) and info["members"] == 3 and len(info["member_final_losses"]) == 3
+    # Member k is the single model trained with seed + k, and the ensemble scores their mean.
+    first, _ = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=30, traj_per_step=8, seed=5))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), ens.members[0].state_dict().values()))
+    assert not torch.equal(ens.members[0].step_mlp[0].weight, ens.members[1].step_mlp[0].weight)
+    by_hand = sum(mem.normalised(emb) for mem in ens.members) / 3
+    assert torch.allclose(ens.normalised(emb), by_hand, atol=1e-6) and torch.equal(ens(emb), ens.normalised(emb))
+    ens.save_pretrained(tmp_path / "ens", policy=None)
+    back, meta = load_reward_model(tmp_path / "ens")
+    assert meta["members"] == 3 and isinstance(back, RewardEnsemble) and torch.equal(back(emb), ens(emb))
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ens.state_dict().values()))
+    with pytest.raises(ValueError, match="ensemble of 3"):
+        RewardModel.from_pretrained(tmp_path / "ens")
+    ens.members[0].save_pretrained(tmp_path / "one", policy=None)  # a single model loads as before
+    assert isinstance(load_reward_model(tmp_path / "one")[0], RewardModel)
+    with pytest.raises(ValueError, match="ensemble"):
+        RewardTrainConfig(ensemble=0)

@@ -13,6 +13,9 @@ concatenation gives every step position its own weights, so it learns "the right
 view the same wherever it falls. On SkyGarden it ranked the aligned agent's episodes better and the
 SFT agent's worse, and moved no final agent up (RESULTS.md, twelfth session).
 
+`RewardEnsemble` (a departure, `reward.ensemble` = K): K such models from other seeds, scoring the
+mean of their normalised rewards; saved in one checkpoint with `members` = K in its config.json.
+
 Two encoders:
   * `AgentEncoder`: the frozen fine-tuned policy's layer-normed transformer output h_t. A
     trajectory longer than the context is embedded with a sliding window: h_t sees the last
@@ -93,26 +96,66 @@ class RewardModel(nn.Module):
         return ((self(emb) - self.r_min) / (self.r_max - self.r_min)).clamp(0.0, 1.0)
 
     def save_pretrained(self, directory: str | Path, **info) -> Path:
-        from agentalign.train.common import atomic_save_safetensors, atomic_write_json
-        from agentalign.models.policy import CHECKPOINT_SCHEMA
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                                d / "model.safetensors")  # fmt: skip
-        atomic_write_json(d / "config.json", {"schema": CHECKPOINT_SCHEMA, "kind": "reward",
-                                              "reward_model": asdict(self.cfg), **info})  # fmt: skip
-        return d
+        return _save_reward(self, directory, **info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> tuple["RewardModel", dict]:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        meta = read_checkpoint_config(d, kind="reward")
-        model = cls(RewardModelConfig(**meta["reward_model"]))
-        model.load_state_dict(load_file(d / "model.safetensors"))
+        model, meta = load_reward_model(directory)
+        if not isinstance(model, cls):
+            raise ValueError(f"{directory}: a reward ensemble of {meta['members']} models; load it with load_reward_model")
         return model, meta
+
+
+class RewardEnsemble(nn.Module):
+    """Reward models trained alike from other seeds, scoring the mean of their normalised rewards.
+
+    One model's ranking of the aligned agent's episodes moves with its training seed (the spawn-3 AUC
+    of three seeds on the same labels: 0.75 / 0.82 / 0.93, RESULTS.md, twentieth session), and ReST
+    clones whatever it ranks first; the mean of several ranks more steadily (twenty-first session).
+    Its output is already in [0, 1], so `normalised` is the forward pass."""
+
+    def __init__(self, members: list[RewardModel]):
+        super().__init__()
+        if len(members) < 2 or any(m.cfg != members[0].cfg for m in members):
+            raise ValueError("a reward ensemble needs at least two members of one configuration")
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, horizon, E) -> (B,) the members' mean normalised reward."""
+        return torch.stack([m.normalised(emb) for m in self.members]).mean(0)
+
+    def normalised(self, emb: torch.Tensor) -> torch.Tensor:
+        return self(emb)
+
+    def save_pretrained(self, directory: str | Path, **info) -> Path:
+        return _save_reward(self, directory, members=len(self.members), **info)
+
+
+def _save_reward(model: nn.Module, directory: str | Path, **info) -> Path:
+    from agentalign.models.policy import CHECKPOINT_SCHEMA
+    from agentalign.train.common import atomic_save_safetensors, atomic_write_json
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                            d / "model.safetensors")  # fmt: skip
+    atomic_write_json(d / "config.json", {"schema": CHECKPOINT_SCHEMA, "kind": "reward",
+                                          "reward_model": asdict(model.cfg), **info})  # fmt: skip
+    return d
+
+
+def load_reward_model(directory: str | Path) -> tuple[RewardModel | RewardEnsemble, dict]:
+    """A saved reward model, or ensemble (`members` in its config.json), and its metadata."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = read_checkpoint_config(d, kind="reward")
+    cfg = RewardModelConfig(**meta["reward_model"])
+    k = int(meta.get("members", 1))
+    model = RewardEnsemble([RewardModel(cfg) for _ in range(k)]) if k > 1 else RewardModel(cfg)
+    model.load_state_dict(load_file(d / "model.safetensors"))
+    return model, meta
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str:

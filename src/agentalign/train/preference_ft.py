@@ -30,7 +30,7 @@ import torch
 
 from agentalign.data import StoreWriter, open_store
 from agentalign.models import Policy
-from agentalign.models.reward import RewardModel, check_reward_matches, load_encoder
+from agentalign.models.reward import check_reward_matches, load_encoder, load_reward_model
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import BCConfig, bc_preset, train_bc
 from agentalign.train.common import atomic_write_json
@@ -71,7 +71,7 @@ def score_trajectories(store, ids: np.ndarray, reward_dir: str | Path, encoder_p
     `encoder_policy`: the checkpoint of the policy whose embeddings the reward model was trained on
     (checked by fingerprint), for an agent-encoder reward model; the caller names it, as the path the
     reward model recorded need not hold from another working directory or after a run folder moved."""
-    model, meta = RewardModel.from_pretrained(reward_dir)
+    model, meta = load_reward_model(reward_dir)
     if meta["encoder"] == "agent":
         if encoder_policy is None:
             raise ValueError(f"reward model {reward_dir} scores with a policy's embeddings: name that policy's checkpoint")

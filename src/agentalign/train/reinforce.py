@@ -76,7 +76,7 @@ import torch.nn as nn
 from agentalign.data import StoreWriter, open_store
 from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardModel, check_reward_matches,
+from agentalign.models.reward import (AgentEncoder, RandomEncoder, check_reward_matches, load_reward_model,
                                      sliding_window_features, windowed_transformer)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
@@ -404,7 +404,7 @@ class TrajectoryRewarder:
     """The reward model's normalised return for finished trajectories (frames kept by the rollout)."""
 
     def __init__(self, reward_dir: str | Path, reference: Policy | None, image_size: int):
-        self.model, self.meta = RewardModel.from_pretrained(reward_dir)
+        self.model, self.meta = load_reward_model(reward_dir)
         self.model.eval()
         self.kind = self.model.cfg.encoder
         if self.kind == "agent":

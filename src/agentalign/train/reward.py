@@ -16,6 +16,9 @@ Departures from the paper, each for the 2-core CPU budget:
     of steps, capped at `max_steps`.
   * "L2 regularisation 0.1" is applied as decoupled weight decay (AdamW): an explicit 0.1 * sum(w^2)
     penalty is ~100x the BT loss at initialisation and flattens every reward.
+  * `ensemble` = K > 1 (a departure, off by default) trains K models from consecutive seeds on the
+    same comparisons and scores their mean normalised reward (models.reward.RewardEnsemble): one
+    model's ranking of the aligned agent's episodes moves with its seed, and ReST clones its picks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from agentalign.models.reward import PAD_MODES, REWARD_HEADS, RewardModel, RewardModelConfig, bt_loss
+from agentalign.models.reward import PAD_MODES, REWARD_HEADS, RewardEnsemble, RewardModel, RewardModelConfig, bt_loss
 from agentalign.prefs import PreferenceSet
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
@@ -55,12 +58,15 @@ class RewardTrainConfig:
     # starts but the SFT agent's rollouts worse, and preference fine-tuning lost 18 points with it
     # (RESULTS.md, twelfth session).
     head: Literal["concat", "sum"] = "concat"
+    # Models trained from seeds seed .. seed + ensemble - 1, scoring their mean normalised reward
+    # (models.reward.RewardEnsemble); 1 is the paper's single model.
+    ensemble: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("agent", "random"):
             raise ValueError(f"encoder must be 'agent' or 'random', got {self.encoder!r}")
-        for name in ("epochs", "epochs_largest", "batch_pairs", "traj_per_step", "max_steps", "random_dim"):
+        for name in ("epochs", "epochs_largest", "batch_pairs", "traj_per_step", "max_steps", "random_dim", "ensemble"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.pad not in PAD_MODES:
@@ -132,8 +138,19 @@ def count_comparisons(P: torch.Tensor) -> int:
 # ---- training ----------------------------------------------------------------------------------
 
 
-def train_reward_model(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig, log=None) -> tuple[RewardModel, dict]:
-    """Fit a reward model to the comparisons P (M, M) over trajectories with embeddings (M, 100, E)."""
+def train_reward_model(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig,
+                       log=None) -> tuple[RewardModel | RewardEnsemble, dict]:  # fmt: skip
+    """Fit a reward model to the comparisons P (M, M) over trajectories with embeddings (M, 100, E);
+    with `cfg.ensemble` = K > 1, K of them from seeds seed .. seed + K - 1, as one RewardEnsemble
+    (its info: the first member's, with every member's final loss)."""
+    if cfg.ensemble == 1:
+        return _train_one(emb, P, cfg, log)
+    fits = [_train_one(emb, P, replace(cfg, seed=cfg.seed + k, ensemble=1), log) for k in range(cfg.ensemble)]
+    info = {**fits[0][1], "members": cfg.ensemble, "member_final_losses": [i["final_loss"] for _, i in fits]}
+    return RewardEnsemble([model for model, _ in fits]), info
+
+
+def _train_one(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig, log=None) -> tuple[RewardModel, dict]:
     m = emb.shape[0]
     n_pairs = count_comparisons(P)
     if n_pairs == 0:
@@ -256,7 +273,7 @@ def sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor
             sub = np.sort(rng.choice(emb_train.shape[0], size=m, replace=False))
             sub_t = torch.from_numpy(sub)
             Psub = P_train[sub_t][:, sub_t]
-            model, info = train_reward_model(emb_train[sub_t], Psub, replace(cfg, seed=cfg.seed * 1000 + seed))
+            model, info = train_reward_model(emb_train[sub_t], Psub, replace(cfg, seed=cfg.seed * 1000 + seed, ensemble=1))
             with torch.no_grad():
                 metrics = pairwise_metrics(model(emb_test), P_test)
             rows.append({"encoder": cfg.encoder, "trajectories": m, "comparisons": info["comparisons"], "seed": seed,
