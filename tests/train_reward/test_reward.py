@@ -31,17 +31,23 @@ def test_pairwise_metrics_by_hand():
     assert abs(m["reward/margin"] - ((0.9 - 0.1) + (0.1 - 0.5)) / 2) < 1e-6
 
 
-@pytest.mark.parametrize("head", ["concat", "sum"])
-def test_preference_matrix_and_training_learn_a_clear_signal(head):
-    # Trajectories whose embeddings carry their score in one feature: the model must find it.
-    g = torch.Generator().manual_seed(0)
-    m, e = 40, 8
+def _ranked(m: int, e: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (m, 100, e) of trajectories that carry their score in feature 0, and the full
+    ranking of them as a preference matrix (m, m)."""
+    g = torch.Generator().manual_seed(seed)
     score = torch.randperm(m, generator=g).float()
     emb = torch.randn(m, 100, e, generator=g) * 0.1
     emb[:, :, 0] += score[:, None] / m
     ids = np.arange(100, 100 + m)
     prefs = PreferenceSet("x", [Preference(tuple(int(i) for i in ids), ranking=tuple(int(m - 1 - s) for s in score))])
-    P = preference_matrix(prefs, ids)
+    return emb, preference_matrix(prefs, ids)
+
+
+@pytest.mark.parametrize("head", ["concat", "sum"])
+def test_preference_matrix_and_training_learn_a_clear_signal(head):
+    # Trajectories whose embeddings carry their score in one feature: the model must find it.
+    m, e = 40, 8
+    emb, P = _ranked(m, e, seed=0)
     assert count_comparisons(P) == m * (m - 1) // 2
     before = pairwise_metrics(RewardModel(RewardModelConfig("random", e, head=head))(emb).detach(), P)["reward/accuracy"]
     model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16,
@@ -137,14 +143,7 @@ def test_padded_embeddings_encode_each_frame_once_and_match_the_padded_frames(pa
 
 
 def test_ensemble_scores_its_members_mean_and_round_trips(tmp_path):
-    g = torch.Generator().manual_seed(1)
-    m, e = 24, 8
-    score = torch.randperm(m, generator=g).float()
-    emb = torch.randn(m, 100, e, generator=g) * 0.1
-    emb[:, :, 0] += score[:, None] / m
-    ids = np.arange(m)
-    P = preference_matrix(PreferenceSet("x", [Preference(tuple(int(i) for i in ids),
-                                                         ranking=tuple(int(m - 1 - s) for s in score))]), ids)  # fmt: skip
+    emb, P = _ranked(24, 8, seed=1)
     cfg = RewardTrainConfig(encoder="random", max_steps=30, traj_per_step=8, ensemble=3, seed=5)
     ens, info = train_reward_model(emb, P, cfg)
     assert isinstance(ens, RewardEnsemble) and info["members"] == 3 and len(info["member_final_losses"]) == 3
