@@ -153,7 +153,7 @@ def test_ensemble_scores_its_members_mean_and_round_trips(tmp_path):
     assert not torch.equal(ens.members[0].step_mlp[0].weight, ens.members[1].step_mlp[0].weight)
     by_hand = sum(mem.normalised(emb) for mem in ens.members) / 3
     assert torch.allclose(ens.normalised(emb), by_hand, atol=1e-6) and torch.equal(ens(emb), ens.normalised(emb))
-    ens.save_pretrained(tmp_path / "ens", policy=None)
+    ens.save_pretrained(tmp_path / "ens", policy=None, **info)  # as the pipeline and the CLI save it
     back, meta = load_reward_model(tmp_path / "ens")
     assert meta["members"] == 3 and isinstance(back, RewardEnsemble) and torch.equal(back(emb), ens(emb))
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ens.state_dict().values()))

@@ -129,7 +129,7 @@ class RewardEnsemble(nn.Module):
         return self(emb)
 
     def save_pretrained(self, directory: str | Path, **info) -> Path:
-        return _save_reward(self, directory, members=len(self.members), **info)
+        return _save_reward(self, directory, **{**info, "members": len(self.members)})
 
 
 def _save_reward(model: nn.Module, directory: str | Path, **info) -> Path:
