@@ -130,9 +130,10 @@ def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):
     r = run("prefs", "synth", "--trajectories", store, "--target", "right", "--out", tmp_path / "p.jsonl", "--train", 12)
     assert r.returncode == 0, r.stderr
     r = run("reward", "train", "--trajectories", store, "--prefs", tmp_path / "p.jsonl", "--policy", sft,
-            "--out", tmp_path / "rm", "--set", "max_steps=5")  # fmt: skip
+            "--out", tmp_path / "rm", "--set", "max_steps=5", "--set", "ensemble=2")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "rm" / "config.json").read_text())["target"] == "right"
+    rm_config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert rm_config["target"] == "right" and rm_config["members"] == 2  # align and pft below score with both
     r = run("align", "--policy", sft, "--reference", sft, "--reward", tmp_path / "rm", "--target", "right",
             "--out", tmp_path / "al", "--set", "episodes=8", "--set", "batch_episodes=4")  # fmt: skip
     assert r.returncode == 0, r.stderr
