@@ -53,12 +53,17 @@ def length_summary(lengths: Iterable[int], pads: Sequence[str]) -> dict:
 
 def by_spawn(spawns: Sequence[int], pads: Sequence[str]) -> dict[str, dict[str, int]]:
     """Counts of each pad per spawn (spawn 0..3, left to right)."""
-    out: dict[str, dict[str, int]] = {}
-    for s, p in zip(spawns, pads):
-        row = out.setdefault(str(int(s)), {k: 0 for k in ("episodes",) + PAD_ORDER})
+    return _pad_counts([(int(s),) for s in spawns], pads)
+
+
+def _pad_counts(keys: Sequence[tuple[int, ...]], pads: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Counts of episodes and of each pad per key, keys in numeric order and written "a/b"."""
+    out: dict[tuple[int, ...], dict[str, int]] = {}
+    for key, p in zip(keys, pads):
+        row = out.setdefault(key, {k: 0 for k in ("episodes",) + PAD_ORDER})
         row["episodes"] += 1
         row[p] += 1
-    return dict(sorted(out.items()))
+    return {"/".join(map(str, key)): row for key, row in sorted(out.items())}
 
 
 def by_start(spawns: Sequence[int], yaw0: Sequence[float], pads: Sequence[str],
@@ -69,13 +74,8 @@ def by_start(spawns: Sequence[int], yaw0: Sequence[float], pads: Sequence[str],
     agents' misses gather in a few such cells (RESULTS.md, eighteenth session), which a per-spawn
     count averages away."""
     inner = np.asarray(yaw_edges, dtype=np.float64)[1:-1]
-    out: dict[str, dict[str, int]] = {}
-    for s, y, p in zip(spawns, yaw0, pads):
-        row = out.setdefault(f"{int(s)}/{int(np.searchsorted(inner, y, side='right'))}",
-                             {k: 0 for k in ("episodes",) + PAD_ORDER})  # fmt: skip
-        row["episodes"] += 1
-        row[p] += 1
-    return dict(sorted(out.items(), key=lambda kv: tuple(map(int, kv[0].split("/")))))
+    bins = np.searchsorted(inner, np.asarray(yaw0, dtype=np.float64), side="right")
+    return _pad_counts([(int(s), int(b)) for s, b in zip(spawns, bins)], pads)
 
 
 def stuck(positions: Sequence[np.ndarray], pads: Sequence[str], window: int = 30, radius: float = 2.0) -> dict:
