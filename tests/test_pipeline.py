@@ -185,6 +185,21 @@ def test_a_new_split_or_reward_head_relabels_and_retrains_without_replaying_roll
     assert other.stage_hash("align") != base.stage_hash("align")  # its inputs changed
 
 
+def test_seed_seeds_every_stage_and_a_stage_seed_of_its_own_wins():
+    from agentalign.pipeline import Run, load_pipeline_config
+
+    seeded = load_pipeline_config("smoke", ["seed=2"])
+    assert [getattr(seeded, s).seed for s in ("data_pretrain", "data_finetune", "pretrain", "sft", "scratch",
+                                                 "reward", "pft", "align", "dpo")] == [2, 3, 2, 2, 2, 2, 2, 2, 2]  # fmt: skip
+    # A replicate of the stages from the reward model on, on the very same agents and preferences
+    # (a --set align.seed was once silently replaced by the pipeline's seed).
+    later = ["reward.seed=3", "pft.seed=3", "align.seed=3", "dpo.seed=3"]
+    base, rep = Run("unused", load_pipeline_config("smoke", [])), Run("unused", load_pipeline_config("smoke", later))
+    assert [rep.cfg.reward.seed, rep.cfg.pft.seed, rep.cfg.align.seed, rep.cfg.dpo.seed] == [3, 3, 3, 3]
+    assert all(rep.stage_hash(s) == base.stage_hash(s) for s in ("sft", "rollouts", "prefs"))
+    assert all(rep.stage_hash(s) != base.stage_hash(s) for s in ("reward", "pft", "align", "dpo"))
+
+
 def test_the_deployment_evaluation_can_be_turned_off():
     from agentalign.pipeline import Run, load_pipeline_config
 

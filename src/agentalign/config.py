@@ -143,10 +143,16 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def given_table(table: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The keys a preset table and key=value overrides set, nested (overrides win): what the user
+    gave, as opposed to the defaults."""
+    return _merge(table or {}, _nest_overrides(overrides or []))
+
+
 def build_config(cls: type[T], table: dict[str, Any] | None = None, overrides: list[str] | None = None,
                  *, base: T | None = None, prefix: str = "") -> T:  # fmt: skip
     """Build `cls` from defaults (or `base`), a TOML-like table and key=value overrides."""
-    table = _merge(table or {}, _nest_overrides(overrides or []))
+    table = given_table(table, overrides)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     values: dict[str, Any] = {}

@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from agentalign.config import build_config, config_to_dict, load_toml
+from agentalign.config import build_config, config_to_dict, given_table, load_toml
 from agentalign.envs.skygarden import world as W
 from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
 from agentalign.players.generate import GenerateConfig, preset as data_preset
@@ -226,17 +226,27 @@ def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None
             rest.append(o)
     base = PipelineConfig(model=model_preset(name))
     cfg = build_config(PipelineConfig, table, rest, base=base)
+    given = given_table(table, rest)
+
+    def seed(stage: str, offset: int = 0) -> int:
+        """`seed` (+ offset) seeds every stage, unless the preset or an override sets the stage's
+        own seed: `--set align.seed=3` replicates the alignment alone on the same earlier stages."""
+        own = given.get(stage)
+        return getattr(cfg, stage).seed if isinstance(own, dict) and "seed" in own else cfg.seed + offset
+
     # One model and one image size for every stage; the target pad everywhere it matters.
     size = cfg.model.image_size
     return replace(
         cfg,
-        data_pretrain=replace(cfg.data_pretrain, size=size, seed=cfg.seed),
-        data_finetune=replace(cfg.data_finetune, size=size, seed=cfg.seed + 1),
-        pretrain=replace(cfg.pretrain, model=cfg.model, seed=cfg.seed),
-        scratch=replace(cfg.scratch, model=cfg.model, seed=cfg.seed),
-        sft=replace(cfg.sft, model=cfg.model, seed=cfg.seed),
-        align=replace(cfg.align, target=cfg.target, seed=cfg.seed),
-        pft=replace(cfg.pft, seed=cfg.seed),
+        data_pretrain=replace(cfg.data_pretrain, size=size, seed=seed("data_pretrain")),
+        data_finetune=replace(cfg.data_finetune, size=size, seed=seed("data_finetune", 1)),
+        pretrain=replace(cfg.pretrain, model=cfg.model, seed=seed("pretrain")),
+        scratch=replace(cfg.scratch, model=cfg.model, seed=seed("scratch")),
+        sft=replace(cfg.sft, model=cfg.model, seed=seed("sft")),
+        reward=replace(cfg.reward, seed=seed("reward")),
+        pft=replace(cfg.pft, seed=seed("pft")),
+        align=replace(cfg.align, target=cfg.target, seed=seed("align")),
+        dpo=replace(cfg.dpo, seed=seed("dpo")),
     )
 
 
