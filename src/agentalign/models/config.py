@@ -55,7 +55,6 @@ MODEL_PRESETS: dict[str, PolicyConfig] = {
     # Appendix E: the smaller models, otherwise identical.
     "25m": PolicyConfig(image_size=128, width=512, layers=8, heads=8, head_hidden=512),
     "4m": PolicyConfig(image_size=128, width=256, layers=4, heads=4, head_hidden=256),
-    # Sized so the whole pipeline runs on 2 CPU cores within minutes.
     # Sized so the whole pipeline runs on 2 CPU cores: an 8-channel stem halves the encoder's cost,
     # which dominates training on a CPU (3.5k vs 1.9k frames/s forward+backward).
     "cpu": PolicyConfig(image_size=64, width=128, layers=4, heads=4, head_hidden=128, stem_channels=8),
