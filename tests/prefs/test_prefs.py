@@ -19,6 +19,10 @@ def test_synthetic_labeller_orders_as_section_3_4():
             expect = lab.compare(a, b)
             got = "A" if s[a.index] > s[b.index] else ("B" if s[a.index] < s[b.index] else "tie")
             assert got == expect
+    # The order as a return: 1 / 0.5 / 0 by category, less 0.001 a step.
+    assert [lab.reward(a.jump_pad, a.length) for a in infos] == pytest.approx([-0.1, 0.44, 0.93, 0.95, 0.44])
+    r = [lab.reward(a.jump_pad, a.length) for a in infos]
+    assert all((r[a.index] > r[b.index]) == (s[a.index] > s[b.index]) for a in infos for b in infos)
     with pytest.raises(ValueError, match="unknown jump pad 'top'"):
         SyntheticLabeller("top")
 

@@ -9,6 +9,7 @@ import torch
 from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.models.reward import RewardEnsemble, RewardModel
+from agentalign.prefs.labellers import SyntheticLabeller
 from agentalign.train.bc import bc_preset
 from agentalign.train.preference_ft import score_trajectories
 from agentalign.rollout import RandomActor, RolloutConfig, iter_waves, record_rollouts, rollout
@@ -152,6 +153,27 @@ def test_rest_rounds_then_a_sharpen_each_clone_the_last_and_only_the_rounds_join
     # The rounds at T = 1 continue the curve; the sharpen at T = 0.3 does not.
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["align/episodes"], r["align/rest_round"]) for r in rows] == [(4, 1), (8, 2)]
+
+
+def test_the_outcome_diagnostic_scores_every_step_by_the_true_outcome_not_the_reward_model(tiny_stack, tmp_path, monkeypatch):
+    import agentalign.train.reinforce as R
+
+    def no_reward_model(*a, **k):
+        raise AssertionError("the reward model scored episodes")
+
+    monkeypatch.setattr(R, "score_trajectories", no_reward_model)
+    monkeypatch.setattr(R.TrajectoryRewarder, "__call__", no_reward_model)
+    bc = replace(bc_preset("smoke"), steps=3, lr=1e-2)
+    cfg = ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2, polish_episodes=4, polish_bc=bc, rest_episodes=4,
+                          rest_samples_per_start=2, rest_fraction=0.5, reward="outcome", target="right", seed=0)  # fmt: skip
+    summary = train_reinforce(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], tmp_path / "out", cfg)
+    assert summary["episodes"] == 8 and summary["rest"]["ranked"] == 4
+    lab = SyntheticLabeller("right")
+    kept = open_store(tmp_path / "out" / "polish" / "episodes")  # REINFORCE's return: the outcome's
+    mds = [kept.metadata(i) for i in range(len(kept))]
+    assert [m["reward"] for m in mds] == pytest.approx([lab.reward(m["jump_pad"], m["length"]) for m in mds])
+    with pytest.raises(ValueError, match="reward must be model or outcome"):
+        ReinforceConfig(reward="oracle")
 
 
 def test_killed_during_the_polish_it_resumes_without_replaying_reinforce(tiny_stack, tmp_path):

@@ -48,6 +48,13 @@ class SyntheticLabeller:
         category = 2 if jump_pad == self.target else (1 if jump_pad in W.PAD_NAMES else 0)
         return category, -int(length)
 
+    def reward(self, jump_pad: str, length: int) -> float:
+        """The same order as a return, for episodes under 500 steps: 1 for the target pad, 0.5 for
+        another, 0 for none, less 0.001 a step; about the scale of the reward model's normalised
+        return, so thresholds such as `clone_min_score` keep their meaning."""
+        category, neg_length = self.score(jump_pad, length)
+        return category / 2 + neg_length / 1000
+
     def scores(self, infos: Sequence[TrajectoryInfo]) -> np.ndarray:
         """(N,) float keys that order trajectories exactly as `compare` does (ties equal)."""
         return np.array([c * 1e6 + s for c, s in (self.score(t.jump_pad, t.length) for t in infos)], dtype=np.float64)

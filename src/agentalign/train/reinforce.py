@@ -8,7 +8,8 @@ Objective, per batch of B episodes τ_1..τ_B of the current policy π_θ:
 where G_it = γ^(T_i-1-t) R_i with R_i the reward model's min-max normalised output for τ_i, the
 same return at every step when γ = 1 (the paper's undiscounted REINFORCE), and b_i a baseline.
 The true jump-pad outcome (from the environment's privileged info) is logged beside the reward
-model's return every update and never used for training.
+model's return every update and never used for training (but by `reward="outcome"`, a diagnostic
+that trains on it in place of the reward model to measure the procedure's ceiling).
 
 Departures from the paper, all configurable back to it:
   * baseline: leave-one-out by default (RLOO); the paper uses none (`baseline="none"`); "start"
@@ -78,6 +79,7 @@ from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution, Policy
 from agentalign.models.reward import (AgentEncoder, RandomEncoder, check_reward_matches, load_reward_model,
                                      sliding_window_features, windowed_transformer)
+from agentalign.prefs.labellers import SyntheticLabeller
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, atomic_write_text, read_metrics, seed_everything
@@ -207,10 +209,18 @@ class ReinforceConfig:
     rest_rounds: int = 1
     rest_samples_per_start: int = 4  # best of 8 did worse (74.2 against 84.8 %, 3 rounds)
     rest_fraction: float = 0.25
+    # What scores the episodes: "model", the reward model (the paper); "outcome", the true jump-pad
+    # outcome in the synthetic labeller's order (`SyntheticLabeller.reward`), a diagnostic only: what
+    # the procedure reaches with a perfect reward, so a shortfall can be put on the reward model or
+    # on the optimiser (RESULTS.md, twelfth and twenty-third sessions). The reward model is still
+    # checked against the policy, then unused.
+    reward: Literal["model", "outcome"] = "model"
     seed: int = 0
 
     def __post_init__(self) -> None:
         W.pad_index(self.target)
+        if self.reward not in ("model", "outcome"):
+            raise ValueError(f"reward must be model or outcome, got {self.reward!r}")
         if self.episodes < 0 or (self.episodes == 0 and self.rest_episodes <= 0 and self.sharpen_episodes <= 0):
             raise ValueError(f"episodes must be positive, or 0 with rest_episodes or sharpen_episodes > 0 (ReST alone), "
                              f"got {self.episodes} (rest_episodes {self.rest_episodes}, sharpen_episodes "
@@ -435,6 +445,30 @@ class TrajectoryRewarder:
         return out
 
 
+class OutcomeRewarder:
+    """`reward="outcome"`: the true outcome as the return (`SyntheticLabeller.reward`), in place of
+    the reward model; it reads each episode's pad and length, never its pixels."""
+
+    def __init__(self, target: str):
+        self.labeller = SyntheticLabeller(target)
+
+    def __call__(self, trajs: list[Trajectory], z_shared: bool = False) -> np.ndarray:
+        return np.array([self.labeller.reward(tr.jump_pad, tr.length) for tr in trajs])
+
+    def score_store(self, store, ids: np.ndarray) -> np.ndarray:
+        """(N,) returns of the stored episodes `ids`, as `score_trajectories` gives the reward model's."""
+        return np.array([self.labeller.reward(str(md["jump_pad"]), int(md["length"]))
+                         for md in (store.metadata(int(i)) for i in ids)])  # fmt: skip
+
+
+def _score_store(store, ids: np.ndarray, reward_dir: Path, reference_dir: Path, cfg: ReinforceConfig) -> np.ndarray:
+    """(N,) scores of a ReST step's episodes: the reward model's (its encoder the reference), or the
+    true outcome's with `cfg.reward="outcome"`."""
+    if cfg.reward == "outcome":
+        return OutcomeRewarder(cfg.target).score_store(store, ids)
+    return score_trajectories(store, ids, reward_dir, reference_dir)
+
+
 # ---- the stage ---------------------------------------------------------------------------------
 
 
@@ -526,7 +560,8 @@ def _reinforce(policy_dir: Path, reference_dir: Path, reward_dir: Path, out: Pat
         p.requires_grad_(False)
     if policy.cfg != reference.cfg:
         raise ValueError(f"{policy_dir} and the reference {reference_dir} are different models")
-    rewarder = TrajectoryRewarder(reward_dir, reference, policy.cfg.image_size)
+    rewarder = (OutcomeRewarder(cfg.target) if cfg.reward == "outcome"
+                else TrajectoryRewarder(reward_dir, reference, policy.cfg.image_size))  # fmt: skip
 
     for p in policy.parameters():
         p.requires_grad_(False)
@@ -632,7 +667,7 @@ def sharpen(start: Path, reward_dir: Path, reference_dir: Path, out: Path, cfg: 
                                                            temperature=cfg.sharpen_temperature, samples_per_start=k))  # fmt: skip
     store = open_store(out / "episodes")
     ids = np.arange(len(store))
-    scores = score_trajectories(store, ids, reward_dir, reference_dir)
+    scores = _score_store(store, ids, reward_dir, reference_dir, cfg)
     r = clone_best(store, ids, scores, cfg.sharpen_fraction, "seed" if k > 1 else "spawn", replace(cfg.polish_bc, seed=cfg.seed), start, out,
                    soup=cfg.clone_soup, min_score=cfg.clone_min_score)  # fmt: skip
     played = Counter(store.metadata(int(i)).get("jump_pad") for i in ids)  # the round's outcomes, before the clone
