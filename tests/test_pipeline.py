@@ -200,6 +200,43 @@ def test_seed_seeds_every_stage_and_a_stage_seed_of_its_own_wins():
     assert all(rep.stage_hash(s) != base.stage_hash(s) for s in ("reward", "pft", "align", "dpo"))
 
 
+WIDE = ["model.width=256", "model.head_hidden=256", "model.stem_channels=16", "pretrain.lr=3e-4", "scratch.lr=3e-4",
+        "pft.bc.lr=3e-4", "align.polish_bc.lr=3e-4", "sweep.enabled=false"]  # fmt: skip
+
+
+def test_the_wide_preset_is_the_cpu_preset_with_what_it_names_changed():
+    from agentalign.pipeline import Run, load_pipeline_config
+
+    wide, cpu = load_pipeline_config("cpu-wide"), load_pipeline_config("cpu")
+    # Table by table: the [model] and [pft.bc] keys it leaves out keep cpu.toml's values.
+    assert wide == load_pipeline_config("cpu", WIDE)
+    assert wide.model.prev_action is False and wide.pft.bc.first_window_share == cpu.pft.bc.first_window_share == 0.5
+    assert (wide.model.width, wide.pretrain.model.width, wide.pretrain.lr, wide.sft.lr) == (256, 256, 3e-4, cpu.sft.lr)
+    # So run folders made with the equivalent --set keys resume under the preset's name.
+    assert Run("unused", wide).stage_hash("align") == Run("unused", load_pipeline_config("cpu", WIDE)).stage_hash("align")
+
+
+def test_a_config_file_extends_a_preset_or_another_file(tmp_path):
+    from agentalign.config import ConfigError
+    from agentalign.pipeline import load_pipeline_config
+
+    (tmp_path / "mine.toml").write_text('extends = "smoke"\ntarget = "right"\n[pretrain]\nsteps = 3\n')
+    (tmp_path / "more.toml").write_text('extends = "mine.toml"\n[pretrain]\nlr = 0.01\n')
+    cfg = load_pipeline_config(tmp_path / "more.toml")
+    assert cfg == load_pipeline_config("smoke", ["target=right", "pretrain.steps=3", "pretrain.lr=0.01"])
+    assert cfg.pretrain.batch_size == load_pipeline_config("smoke").pretrain.batch_size  # smoke's, not the default
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="a.toml: extends itself through a.toml -> b.toml -> a.toml"):
+        load_pipeline_config(tmp_path / "a.toml")
+    (tmp_path / "n.toml").write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match="extends must be a preset name or a .toml path, got 3"):
+        load_pipeline_config(tmp_path / "n.toml")
+    (tmp_path / "u.toml").write_text('extends = "huge"\n')
+    with pytest.raises(ConfigError, match="u.toml: extends: unknown pipeline preset 'huge'"):
+        load_pipeline_config(tmp_path / "u.toml")
+
+
 def test_the_deployment_evaluation_can_be_turned_off():
     from agentalign.pipeline import Run, load_pipeline_config
 

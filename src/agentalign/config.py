@@ -136,17 +136,18 @@ def _nest_overrides(overrides: list[str]) -> dict[str, Any]:
     return table
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, table by table (a key `top` leaves out keeps `base`'s value)."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 def given_table(table: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """The keys a preset table and key=value overrides set, nested (overrides win): what the user
     gave, as opposed to the defaults."""
-    return _merge(table or {}, _nest_overrides(overrides or []))
+    return merge_tables(table or {}, _nest_overrides(overrides or []))
 
 
 def build_config(cls: type[T], table: dict[str, Any] | None = None, overrides: list[str] | None = None,

@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from agentalign.config import build_config, config_to_dict, given_table, load_toml
+from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
 from agentalign.envs.skygarden import world as W
 from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
 from agentalign.players.generate import GenerateConfig, preset as data_preset
@@ -204,18 +204,42 @@ class PipelineConfig:
                 raise ValueError(f"reproduce.model_sizes: {preset} at this pipeline's image size: {e}") from None
 
 
-def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None = None) -> PipelineConfig:
-    """A preset name (configs/NAME.toml) or a TOML path, then key=value overrides.
-
-    `model_preset = "cpu"` (or --set model_preset=25m) picks the model preset that `[model]` keys
-    then adjust."""
+def preset_table(preset: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's table (configs/NAME.toml, or a TOML path), with `extends = "NAME"` (or a path,
+    relative to the file) resolved: the file's keys over its parent's, table by table, so that a
+    variant states only what it changes (`cpu-wide.toml`, or a studio's `my.toml` on `cpu`)."""
     path = Path(preset)
     if not path.suffix:
         path = CONFIG_DIR / f"{preset}.toml"
         if not path.is_file():
             known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
             raise ValueError(f"unknown pipeline preset {str(preset)!r}; choose one of {', '.join(known)} or give a .toml path")
+    path = path.resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(p.name for p in (*_chain, path))}")
     table = load_toml(path)
+    parent = table.pop("extends", None)
+    if parent is None:
+        return table
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must be a preset name or a .toml path, got {parent!r}")
+    if Path(parent).suffix:
+        parent = path.parent / parent
+    try:
+        base = preset_table(parent, (*_chain, path))
+    except ConfigError:
+        raise
+    except ValueError as e:  # an unknown preset name: say which file asked for it
+        raise ConfigError(f"{path}: extends: {e}") from None
+    return merge_tables(base, table)
+
+
+def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None = None) -> PipelineConfig:
+    """A preset name (configs/NAME.toml) or a TOML path, then key=value overrides.
+
+    `model_preset = "cpu"` (or --set model_preset=25m) picks the model preset that `[model]` keys
+    then adjust."""
+    table = preset_table(preset)
     overrides = list(overrides or [])
     name = table.pop("model_preset", "cpu")
     rest = []
@@ -608,4 +632,4 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
 
 
-__all__ = ["PipelineConfig", "ReproduceConfig", "Run", "load_pipeline_config", "reproduce_plan", "run_pipeline"]
+__all__ = ["PipelineConfig", "ReproduceConfig", "Run", "load_pipeline_config", "preset_table", "reproduce_plan", "run_pipeline"]
