@@ -193,7 +193,7 @@ def data_sheet(
 
 @app.command("pipeline")
 def pipeline(
-    config: str = typer.Option("cpu", help="Preset (cpu | smoke | paper) or a TOML file."),
+    config: str = typer.Option("cpu", help="Preset (cpu | cpu-wide | smoke | paper; configs/NAME.toml) or a TOML file."),
     target: Optional[str] = typer.Option(None, help="Target pad: left | middle | right (default: the preset's)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<preset>)."),
     from_: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on."),
