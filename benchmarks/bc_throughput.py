@@ -41,7 +41,7 @@ import torch
 def loader_run(cfg, out: Path, warm: int) -> list[float]:
     """Seconds per update of train_bc (log_every=1: each metrics row is one update, loader wait included)."""
     from agentalign.train.bc import train_bc
-    from agentalign.train.common import read_metrics
+    from agentalign.io import read_metrics
 
     train_bc(cfg, out, progress=False)
     frames = cfg.batch_size * cfg.window

@@ -19,6 +19,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from agentalign.io import atomic_write_json
 
 T = TypeVar("T")
 
@@ -200,6 +201,4 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from agentalign.train.common import atomic_write_json
-
     atomic_write_json(path, config_to_dict(cfg))

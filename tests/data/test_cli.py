@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from agentalign.data.cli import data_app
+from agentalign.cli.data import data_app
 from agentalign.data.testing import synthetic_actions, synthetic_frames
 
 runner = CliRunner()

@@ -16,7 +16,8 @@ from agentalign.models import Policy, model_preset
 from agentalign.models.distribution import N_LOGITS, ActionDistribution
 from agentalign.train import bc as bc_module
 from agentalign.train.bc import BC_PRESETS, BCConfig, bc_loss, bc_preset, previous_actions, train_bc
-from agentalign.train.common import adamw_param_groups, lr_at, read_metrics, seed_everything
+from agentalign.io import read_metrics
+from agentalign.train.common import adamw_param_groups, lr_at, seed_everything
 
 
 def smoke(store, **kw) -> BCConfig:

@@ -27,6 +27,7 @@ from agentalign.eval.figures import plot_heatmaps, plot_jump_pads, write_episode
 from agentalign.eval.metrics import by_spawn, by_start, flat_metrics, length_summary, pad_distribution, stuck
 from agentalign.rollout.engine import RolloutConfig, RolloutStats, rollout
 from agentalign.rollout.recording import RANDOM, load_actor, save_trajectories
+from agentalign.io import atomic_write_json
 
 EVAL_SCHEMA = 1
 
@@ -39,8 +40,6 @@ def evaluate(checkpoint_or_policy: Any, out_dir: str | Path, episodes: int = 100
     `size` px) over `episodes` episodes; write the files above and return eval.json's content.
 
     All arguments are checked before any episode runs."""
-    from agentalign.train.common import atomic_write_json
-
     if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
         raise ValueError(f"videos must be a non-negative integer, got {videos!r}")
     cfg = RolloutConfig(episodes=episodes, seed=seed, temperature=temperature, num_envs=num_envs,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agentalign.envs.skygarden import world as W
-from agentalign.train.common import atomic_write_json, read_metrics
+from agentalign.io import atomic_write_json, read_metrics
 
 if TYPE_CHECKING:
     from agentalign.pipeline import Run

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from agentalign.models.config import PolicyConfig
 from agentalign.models.distribution import N_LOGITS, OFFSETS, ActionDistribution
+from agentalign.io import atomic_save_safetensors, atomic_write_json
 
 CHECKPOINT_SCHEMA = 1
 
@@ -181,8 +182,6 @@ class Policy(nn.Module):
 
         `info` (stage, parent checkpoint, dataset id, ...) is stored in config.json beside the
         model config."""
-        from agentalign.train.common import atomic_write_json, atomic_save_safetensors
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from agentalign.envs import gamepad
 from agentalign.models.policy import Policy, read_checkpoint_config
+from agentalign.io import atomic_save_safetensors, atomic_write_json
 
 HORIZON = 100  # the paper pads every trajectory to the 100-step evaluation limit
 REWARD_HEADS = ("concat", "sum")
@@ -134,8 +135,6 @@ class RewardEnsemble(nn.Module):
 
 def _save_reward(model: nn.Module, directory: str | Path, **info) -> Path:
     from agentalign.models.policy import CHECKPOINT_SCHEMA
-    from agentalign.train.common import atomic_save_safetensors, atomic_write_json
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},

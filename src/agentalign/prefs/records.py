@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from agentalign.train.common import _atomic_replace
+from agentalign.io import atomic_replace
 
 PREFS_SCHEMA = 1
 PAIR_LABELS = ("A", "B", "tie")
@@ -110,7 +110,7 @@ class PreferenceSet:
         header = {"schema": PREFS_SCHEMA, "dataset_id": self.dataset_id, "meta": self.meta}
         lines = [json.dumps(header)] + [json.dumps(p.to_json()) for p in self.prefs]
         data = ("\n".join(lines) + "\n").encode()
-        _atomic_replace(Path(path), lambda f: f.write(data))
+        atomic_replace(Path(path), lambda f: f.write(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "PreferenceSet":

@@ -55,20 +55,17 @@ from agentalign.envs.gamepad import N_BUTTONS
 from agentalign.models.distribution import N_LOGITS, NVEC, OFFSETS
 from agentalign.models.policy import Policy, read_checkpoint_config
 from agentalign.train import augment as aug
+from agentalign.io import MetricsLogger, atomic_write_json, read_metrics, truncate_metrics
 from agentalign.train.common import (
     FROZEN,
-    MetricsLogger,
     adamw_param_groups,
-    atomic_write_json,
     check_run_config,
     load_train_state,
     lr_at,
-    read_metrics,
     resolve_device,
     save_train_state,
     seed_everything,
     trainable_parameters,
-    truncate_metrics,
 )
 
 NOOP_FILTERS = ("mask", "drop", "none")

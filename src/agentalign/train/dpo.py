@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from agentalign.models import ActionDistribution, Policy
-from agentalign.train.common import MetricsLogger, atomic_write_json, seed_everything
+from agentalign.io import MetricsLogger, atomic_write_json
+from agentalign.train.common import seed_everything
 from agentalign.train.losses import dpo_loss
 
 

@@ -143,6 +143,14 @@ def kl_penalty(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return episode_sum_mean(kl, mask)
 
 
+def bt_loss(r_i: torch.Tensor, r_j: torch.Tensor, p_i: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood (paper eq. 1), mean over pairs.
+
+    r_i, r_j: (P,) rewards; p_i: (P,) probability that i is preferred (1, 0, or 0.5 for a tie)."""
+    d = r_i - r_j
+    return -(p_i * F.logsigmoid(d) + (1 - p_i) * F.logsigmoid(-d)).mean()
+
+
 def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Direct Preference Optimisation (Rafailov et al., 2023) on whole trajectories.

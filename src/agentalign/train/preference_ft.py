@@ -33,7 +33,7 @@ from agentalign.models import Policy
 from agentalign.models.reward import check_reward_matches, load_encoder, load_reward_model
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import BCConfig, bc_preset, train_bc
-from agentalign.train.common import atomic_write_json
+from agentalign.io import atomic_write_json
 from agentalign.train.reward import embed_trajectories
 
 

@@ -82,7 +82,8 @@ from agentalign.models.reward import (AgentEncoder, RandomEncoder, check_reward_
 from agentalign.prefs.labellers import SyntheticLabeller
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves, record_rollouts, to_episode
 from agentalign.train.bc import BCConfig, bc_preset
-from agentalign.train.common import FROZEN, MetricsLogger, atomic_write_json, atomic_write_text, read_metrics, seed_everything
+from agentalign.io import MetricsLogger, atomic_write_json, atomic_write_text, read_metrics
+from agentalign.train.common import FROZEN, seed_everything
 from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns,
                                      episode_sum_mean, explained_variance, kl_penalty, lambda_returns, reinforce_loss,
                                      value_loss)

@@ -33,6 +33,7 @@ import torch
 
 from agentalign.models.reward import PAD_MODES, REWARD_HEADS, RewardEnsemble, RewardModel, RewardModelConfig, bt_loss
 from agentalign.prefs import PreferenceSet
+from agentalign.io import atomic_save_safetensors
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
 
@@ -96,8 +97,6 @@ def cached_embeddings(path: Path, key: dict, compute) -> torch.Tensor:
     import json
 
     from safetensors.torch import load_file
-
-    from agentalign.train.common import atomic_save_safetensors
 
     meta = {"key": json.dumps(key, sort_keys=True)}
     if path.is_file():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from agentalign.cli_util import fail
+from agentalign.cli.common import fail
 
 _CHECKPOINT_HELP = "Policy checkpoint directory (model.safetensors + config.json), or 'random' for the baseline."
 

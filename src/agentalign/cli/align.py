@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from agentalign.cli_reward import store_and_prefs
-from agentalign.cli_util import checked
+from agentalign.cli.reward import store_and_prefs
+from agentalign.cli.common import checked
 
 
 def pft(

@@ -165,7 +165,7 @@ def reward(run: "Run") -> dict:
 
 def sweep(run: "Run") -> dict:
     from agentalign.prefs import sweep_subset_sizes
-    from agentalign.train.common import atomic_write_json
+    from agentalign.io import atomic_write_json
     from agentalign.train.reward import plot_sweep, sweep as run_sweep
 
     s = run.cfg.sweep

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from agentalign.cli_util import checked, fail
+from agentalign.cli.common import checked, fail
 
 prefs_app = typer.Typer(help="Preferences over trajectories.", no_args_is_help=True)
 reward_app = typer.Typer(help="Bradley-Terry reward models on frozen embeddings.", no_args_is_help=True)
@@ -83,7 +83,7 @@ def reward_train(
     import torch
 
     from agentalign.config import build_config, save_config
-    from agentalign.train.common import atomic_write_json
+    from agentalign.io import atomic_write_json
     from agentalign.train.reward import RewardTrainConfig, pairwise_metrics, train_reward_model
 
     cfg = checked(build_config, RewardTrainConfig, {"encoder": encoder}, set_)
@@ -121,7 +121,7 @@ def reward_sweep(
     """Figure 7: held-out accuracy against the number of training comparisons, per encoder."""
     from agentalign.config import build_config
     from agentalign.prefs import sweep_subset_sizes
-    from agentalign.train.common import atomic_write_json
+    from agentalign.io import atomic_write_json
     from agentalign.train.reward import RewardTrainConfig, plot_sweep, sweep
 
     store, pset = store_and_prefs(trajectories, prefs)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from agentalign.cli_util import fail
+from agentalign.cli.common import fail
 
 _SET_HELP = "Override a config key, e.g. --set lr=1e-4 --set model.dropout=0.1 (repeatable)."
 

@@ -15,18 +15,18 @@ from typing import Optional
 
 import typer
 
-from agentalign.cli_util import checked
+from agentalign.cli.common import checked
 
 app = typer.Typer(help="Train game agents the way LLMs are trained.", no_args_is_help=True,
                   pretty_exceptions_enable=False)  # fmt: skip
 env_app = typer.Typer(help="Look at the built-in SkyGarden island.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
-from agentalign.data.cli import data_app  # noqa: E402  (inspect/verify/import/export live there)
+from agentalign.cli.data import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
 
-from agentalign import cli_align, cli_eval, cli_reward, cli_train  # noqa: E402
+from agentalign.cli import align as cli_align, eval as cli_eval, reward as cli_reward, train as cli_train  # noqa: E402
 
 cli_train.register(app)  # pretrain, sft
 cli_eval.register(app)  # eval, rollout

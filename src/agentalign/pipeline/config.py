@@ -1,0 +1,254 @@
+"""The pipeline's config: one typed dataclass per stage, TOML presets that extend one another,
+and `--set key=value` overrides, all checked before any work starts."""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
+from agentalign.envs.skygarden import world as W
+from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
+from agentalign.players.generate import GenerateConfig, preset as data_preset
+from agentalign.train.bc import BCConfig, bc_preset
+from agentalign.io import atomic_write_json, json_safe
+from agentalign.train.dpo import DPOConfig
+from agentalign.train.preference_ft import PreferenceFTConfig
+from agentalign.train.reinforce import ReinforceConfig
+from agentalign.train.reward import RewardTrainConfig
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package: works installed too
+
+
+@dataclass(frozen=True)
+class EvalStageConfig:
+    episodes: int = 1000  # the paper's evaluation
+    videos: int = 3
+    num_envs: int = 64
+    temperature: float = 1.0
+    seed: int = 1  # evaluation episodes differ from the preference rollouts (seed 0)
+
+
+@dataclass(frozen=True)
+class DeployStageConfig:
+    """The aligned agent as a game would run it: its actions sampled at a lower temperature, as an
+    LLM is decoded below the temperature it was trained at. Reported beside the paper's T = 1
+    evaluation (`eval_align`), never instead of it. At 0.3 the cpu preset's aligned agents lose
+    most of their wall-bound misses: left 88-93 % at T = 1 became 90-98 % (RESULTS.md, seventh
+    session); 0.1 gave the same as 0.3."""
+
+    temperature: float | None = 0.3  # None: no deployment evaluation
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
+            raise ValueError(f"temperature must lie in (0, 1] or be none, got {t!r}")
+
+
+@dataclass(frozen=True)
+class RefreshStageConfig:
+    """A second reward-model round before online alignment, as appendix A allows ("steps 3-5 can
+    be repeated to generate new preferences"): the preference-fine-tuned agent plays
+    `rollout_episodes` episodes, the same labeller compares `train` of them, and REINFORCE follows
+    the reward model trained on those comparisons (still on the SFT agent's frozen encoder). The
+    first reward model learnt from the SFT agent's play, where the target pad is rare; this one
+    ranks the behaviours alignment actually starts from."""
+
+    enabled: bool = False
+    rollout_episodes: int | None = None  # None: the first round's (prefs.rollout_episodes)
+    train: int | None = None  # labelled for training, the rest held out; None: prefs.train
+    seed_offset: int = 11  # episode seeds apart from the other rollouts' (the pipeline seed + 0, 1, 2)
+
+    def sizes(self, prefs: "PrefsStageConfig") -> tuple[int, int]:
+        """(rollout episodes, training trajectories), the first round's where not set."""
+        return (prefs.rollout_episodes if self.rollout_episodes is None else self.rollout_episodes,
+                prefs.train if self.train is None else self.train)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrefsStageConfig:
+    rollout_episodes: int = 2400  # paper: 2,400 on-policy trajectories ...
+    train: int = 1000  # ... 1,000 for training, 1,400 held out
+    temperature: float = 1.0  # paper §3.4: diverse enough at 1
+
+
+@dataclass(frozen=True)
+class SweepStageConfig:
+    enabled: bool = True
+    seeds: int = 3
+    points: int = 6
+    encoders: tuple[str, ...] = ("agent", "random")
+    # The sweep trains points x seeds x encoders reward models; these cap each one's cost where the
+    # main reward model's settings are too dear for a CPU (None: the reward stage's value).
+    max_steps: int | None = None
+    traj_per_step: int | None = None
+
+
+# What makes one model size differ from another (appendix E); the rest (image size, context,
+# conditioning on a_{t-1}, dropout) stays the main model's, so every size reads the same data.
+SIZE_FIELDS = ("width", "layers", "heads", "ff_mult", "head_hidden", "stem_channels", "encoder_stages")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """The extra runs behind the paper's alignment figures: both pads (figures 8 and 9), several
+    alignment seeds, a small and a large comparison set, with and without preference fine-tuning,
+    and each one's final jump-pad distribution (appendix I); then behaviour cloning at other model
+    sizes (figure 12). Off by default: it multiplies the alignment work about twentyfold."""
+
+    enabled: bool = False
+    targets: tuple[str, ...] = ("left", "right")  # figure 8 (left) and figure 9 (right)
+    seeds: int = 3  # alignment seeds per variant: the fewest whose standard error means something
+    # The two ends of figures 8/9's range of reward models: "small" trains on all pairs of
+    # `small_trajectories` training trajectories, "large" on all pairs of all of them.
+    comparisons: tuple[Literal["small", "large"], ...] = ("small", "large")
+    small_trajectories: int = 15  # 105 comparisons: the paper's smallest set (~100)
+    with_pft: tuple[bool, ...] = (True, False)  # figures 8/9: with (blue) and without preference FT
+    # Model presets cloned at figure 12's sizes, on the cpu preset's scale (the paper's are 4m, 25m,
+    # paper-103m, for a GPU); one equal to the main model reuses its stages; () skips the sweep.
+    model_sizes: tuple[str, ...] = ("tiny", "cpu")
+    eval_episodes: int | None = None  # per variant; None: the main evaluation's count
+
+    def __post_init__(self) -> None:
+        for name in ("targets", "comparisons", "with_pft", "model_sizes"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {list(values)}")
+        for pad in self.targets:
+            if pad not in W.PAD_NAMES:
+                raise ValueError(f"targets: unknown jump pad {pad!r}; choose from {', '.join(W.PAD_NAMES)}")
+        for preset in self.model_sizes:
+            if preset not in MODEL_PRESETS:
+                raise ValueError(f"model_sizes: unknown model preset {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.eval_episodes is not None and self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be at least 1 (or none), got {self.eval_episodes}")
+
+
+def size_model(main: PolicyConfig, preset: str) -> PolicyConfig:
+    """The main model at another preset's size (SIZE_FIELDS)."""
+    sized = model_preset(preset)
+    return replace(main, **{f: getattr(sized, f) for f in SIZE_FIELDS})
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    target: str = "left"
+    seed: int = 0
+    model: PolicyConfig = field(default_factory=lambda: model_preset("cpu"))
+    data_pretrain: GenerateConfig = field(default_factory=lambda: data_preset("pretrain"))
+    data_finetune: GenerateConfig = field(default_factory=lambda: data_preset("finetune"))
+    pretrain: BCConfig = field(default_factory=lambda: bc_preset("pretrain"))
+    sft: BCConfig = field(default_factory=lambda: bc_preset("sft"))
+    scratch: BCConfig = field(default_factory=lambda: bc_preset("scratch"))
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    deploy: DeployStageConfig = field(default_factory=DeployStageConfig)
+    prefs: PrefsStageConfig = field(default_factory=PrefsStageConfig)
+    reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    sweep: SweepStageConfig = field(default_factory=SweepStageConfig)
+    pft: PreferenceFTConfig = field(default_factory=PreferenceFTConfig)
+    refresh: RefreshStageConfig = field(default_factory=RefreshStageConfig)
+    align: ReinforceConfig = field(default_factory=ReinforceConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)  # hashed by no main stage
+
+    def __post_init__(self) -> None:
+        W.pad_index(self.target)
+        if self.prefs.train >= self.prefs.rollout_episodes - 1:
+            raise ValueError(f"prefs.train ({self.prefs.train}) must leave held-out trajectories of the "
+                             f"{self.prefs.rollout_episodes} rollouts")  # fmt: skip
+        episodes, train = self.refresh.sizes(self.prefs)
+        if self.refresh.enabled and not 2 <= train < episodes - 1:
+            raise ValueError(f"refresh: train ({train}) must lie in 2..{episodes - 2}: labelled trajectories, "
+                             f"with some of the {episodes} rollouts held out")  # fmt: skip
+        r = self.reproduce
+        if not r.enabled:
+            return
+        if "small" in r.comparisons and not 2 <= r.small_trajectories < self.prefs.train:
+            raise ValueError(f"reproduce.small_trajectories ({r.small_trajectories}) must lie in 2..{self.prefs.train - 1}: "
+                             f"fewer than the prefs.train trajectories, which make the large set")  # fmt: skip
+        for preset in r.model_sizes:
+            try:
+                size_model(self.model, preset)
+            except ValueError as e:
+                raise ValueError(f"reproduce.model_sizes: {preset} at this pipeline's image size: {e}") from None
+
+
+def preset_table(preset: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's table (configs/NAME.toml, or a TOML path), with `extends = "NAME"` (or a path,
+    relative to the file) resolved: the file's keys over its parent's, table by table, so that a
+    variant states only what it changes (`cpu-wide.toml`, or a studio's `my.toml` on `cpu`)."""
+    path = Path(preset)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{preset}.toml"
+        if not path.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+            raise ValueError(f"unknown pipeline preset {str(preset)!r}; choose one of {', '.join(known)} or give a .toml path")
+    path = path.resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(p.name for p in (*_chain, path))}")
+    table = load_toml(path)
+    parent = table.pop("extends", None)
+    if parent is None:
+        return table
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must be a preset name or a .toml path, got {parent!r}")
+    if Path(parent).suffix:
+        parent = path.parent / parent
+    try:
+        base = preset_table(parent, (*_chain, path))
+    except ConfigError:
+        raise
+    except ValueError as e:  # an unknown preset name: say which file asked for it
+        raise ConfigError(f"{path}: extends: {e}") from None
+    return merge_tables(base, table)
+
+
+def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None = None) -> PipelineConfig:
+    """A preset name (configs/NAME.toml) or a TOML path, then key=value overrides.
+
+    `model_preset = "cpu"` (or --set model_preset=25m) picks the model preset that `[model]` keys
+    then adjust."""
+    table = preset_table(preset)
+    overrides = list(overrides or [])
+    name = table.pop("model_preset", "cpu")
+    rest = []
+    for o in overrides:
+        if o.split("=", 1)[0].strip() == "model_preset":
+            name = o.split("=", 1)[1].strip()
+        else:
+            rest.append(o)
+    base = PipelineConfig(model=model_preset(name))
+    cfg = build_config(PipelineConfig, table, rest, base=base)
+    given = given_table(table, rest)
+
+    def seed(stage: str, offset: int = 0) -> int:
+        """`seed` (+ offset) seeds every stage, unless the preset or an override sets the stage's
+        own seed: `--set align.seed=3` replicates the alignment alone on the same earlier stages."""
+        own = given.get(stage)
+        return getattr(cfg, stage).seed if isinstance(own, dict) and "seed" in own else cfg.seed + offset
+
+    # One model and one image size for every stage; the target pad everywhere it matters.
+    size = cfg.model.image_size
+    return replace(
+        cfg,
+        data_pretrain=replace(cfg.data_pretrain, size=size, seed=seed("data_pretrain")),
+        data_finetune=replace(cfg.data_finetune, size=size, seed=seed("data_finetune", 1)),
+        pretrain=replace(cfg.pretrain, model=cfg.model, seed=seed("pretrain")),
+        scratch=replace(cfg.scratch, model=cfg.model, seed=seed("scratch")),
+        sft=replace(cfg.sft, model=cfg.model, seed=seed("sft")),
+        reward=replace(cfg.reward, seed=seed("reward")),
+        pft=replace(cfg.pft, seed=seed("pft")),
+        align=replace(cfg.align, target=cfg.target, seed=seed("align")),
+        dpo=replace(cfg.dpo, seed=seed("dpo")),
+    )

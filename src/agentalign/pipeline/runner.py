@@ -1,0 +1,183 @@
+"""The whole method, chained and resumable: from nothing to an aligned agent and a report.
+
+    data_pretrain -> pretrain --------------------------> eval_base
+    data_finetune -> sft (from pretrain) ---------------> eval_sft
+                  -> scratch (the paper's baseline) ----> eval_scratch
+    sft -> rollouts -> prefs (synthetic, target pad) -> reward (agent encoder) ; sweep (figure 7)
+        -> pft (preference fine-tuning) -> align (REINFORCE) -> eval_pft, eval_align, eval_deploy
+           [refresh] pft -> rollouts_pft -> prefs_pft -> reward_pft -> align (a second reward model)
+        -> dpo (offline, from the preferences) -> eval_dpo
+    [reproduce] prefs_PAD -> reward_PAD_SET -> pft_PAD_SET -> align_PAD_SET_[no]pft_sK -> eval_align_...
+                size_PRESET_{pretrain,sft,scratch,eval_sft,eval_scratch}   (figures 8, 9, 12; app. I)
+    -> report (report.html, results.json)
+
+Every stage writes into its own folder under the run folder, with its resolved config, and marks
+itself done with `stage.json`: a hash of its config and of the stages it reads. Running the same
+command again skips done stages whose hash still matches; a stage that was interrupted runs again
+(data generation and behaviour cloning resume from their last durable episode or checkpoint);
+`from_stage` reruns from a stage on. A done stage whose config changed is an error that names it,
+never silently overwritten (only the report, a summary of the others, is simply made again).
+
+`reproduce` (off by default, `--reproduce`) adds the variants behind figures 8, 9 and 12 as stages
+of their own, reusing the main stages wherever the computation is the same; the main stages'
+hashes do not cover it, so turning it on keeps a finished run's stages.
+"""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
+from agentalign.envs.skygarden import world as W
+from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
+from agentalign.players.generate import GenerateConfig, preset as data_preset
+from agentalign.train.bc import BCConfig, bc_preset
+from agentalign.io import atomic_write_json, json_safe
+from agentalign.train.dpo import DPOConfig
+from agentalign.train.preference_ft import PreferenceFTConfig
+from agentalign.train.reinforce import ReinforceConfig
+from agentalign.train.reward import RewardTrainConfig
+
+
+class Run:
+    """A run folder and its stages."""
+
+    def __init__(self, out: str | Path, cfg: PipelineConfig):
+        self.out = Path(out)
+        self.cfg = cfg
+        self.stages = _stages(cfg)
+        self.by_name = {s.name: s for s in self.stages}
+
+    def dir(self, name: str) -> Path:
+        return self.out / name
+
+    def stage_hash(self, name: str, _memo: dict | None = None) -> str:
+        memo = {} if _memo is None else _memo
+        if name not in memo:
+            s = self.by_name[name]
+            payload = json.dumps({"name": name, "config": _plain(s.config),
+                                  "deps": [self.stage_hash(d, memo) for d in s.deps]}, sort_keys=True)  # fmt: skip
+            memo[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return memo[name]
+
+    def marker(self, name: str) -> dict | None:
+        p = self.dir(name) / "stage.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _plain(x: Any) -> Any:
+    try:
+        return config_to_dict(x)
+    except TypeError:
+        return x
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+
+def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
+    """Before any work: stages to run, or a clear error for another run's outputs."""
+    names = [s.name for s in run.stages]
+    if from_stage is not None and from_stage not in names:
+        raise ValueError(f"unknown stage {from_stage!r}; stages: {', '.join(names)}")
+    rerun_from = names.index(from_stage) if from_stage else len(names)
+    todo, conflicts = [], []
+    memo: dict = {}
+    for k, s in enumerate(run.stages):
+        m = run.marker(s.name)
+        stale = m is not None and m.get("hash") != run.stage_hash(s.name, memo)
+        if k >= rerun_from or m is None or (stale and s.redo_when_stale):
+            todo.append(s.name)
+        elif stale:
+            conflicts.append(s.name)
+    if conflicts:
+        raise ValueError(f"{run.out} holds finished stages made with another config or inputs: "
+                         f"{', '.join(conflicts)}. Use another --out, or rerun from the first of them with "
+                         f"--from {conflicts[0]}")  # fmt: skip
+    return todo
+
+
+def _prepare_stage_dir(d: Path, stage_hash: str) -> None:
+    """Keep a stage folder that an interrupted run of this very stage (same config and inputs) left,
+    so it resumes from its checkpoints; clear one that another config or input made (a rerun after
+    `--from` or a change), whose checkpoints would otherwise be refused or, worse, resumed."""
+    started = d / "stage_started.json"
+    if d.exists() and any(d.iterdir()):
+        same = started.is_file() and json.loads(started.read_text()).get("hash") == stage_hash
+        if not same:
+            shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(started, {"hash": stage_hash})
+
+
+def _fmt_time(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+
+
+def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = None,
+                 echo: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Run (or resume) every stage; returns {stage: headline figures}."""
+    run = Run(out, cfg)
+    todo = check_run_folder(run, from_stage)
+    run.out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(run.out).free
+    need = _disk_estimate(cfg)
+    if free < need:
+        raise ValueError(f"{run.out}: {free / 2**30:.1f} GiB free, the planned datasets need about {need / 2**30:.1f} GiB")
+    atomic_write_json(run.out / "pipeline.json", {"config": config_to_dict(cfg), "machine": machine_info()})
+    if from_stage is not None:  # forget what is downstream of the rerun point
+        for name in todo:
+            m = run.dir(name) / "stage.json"
+            if m.exists():
+                m.unlink()
+    results: dict[str, dict] = {}
+    memo: dict = {}
+    n = len(run.stages)
+    width = max(14, *(len(s.name) for s in run.stages))  # the reproduce stages' names are longer
+    t_all = time.perf_counter()
+    for k, s in enumerate(run.stages, 1):
+        if s.name not in todo:
+            marker = run.marker(s.name)
+            results[s.name] = marker["result"]
+            echo(f"[{k:>2}/{n}] {s.name:<{width}} done earlier ({_fmt_time(marker['seconds'])})  {s.headline(marker['result'])}")
+            continue
+        t0 = time.perf_counter()
+        _prepare_stage_dir(run.dir(s.name), run.stage_hash(s.name, memo))
+        atomic_write_json(run.dir(s.name) / "stage_config.json", _plain(s.config))
+        result = json_safe(s.run(run))
+        dt = time.perf_counter() - t0
+        results[s.name] = result
+        atomic_write_json(run.dir(s.name) / "stage.json", {"hash": run.stage_hash(s.name, memo), "seconds": dt,
+                                                            "result": result, "finished": time.time()})  # fmt: skip
+        echo(f"[{k:>2}/{n}] {s.name:<{width}} {_fmt_time(dt):>7}  {s.headline(result)}")
+    echo(f"total {_fmt_time(time.perf_counter() - t_all)} (this invocation); report: {run.out / 'report.html'}")
+    return results
+
+
+def _disk_estimate(cfg: PipelineConfig) -> int:
+    """Bytes the stores will take, with room: frames compress ~15x; rollouts and their copies."""
+    frame = cfg.model.image_size**2 * 3
+    steps = cfg.data_pretrain.episodes * 90 + cfg.data_finetune.episodes * 50 + cfg.prefs.rollout_episodes * 70
+    return int(steps * frame / 15 * 2 + 200 * 2**20)
+
+
+def machine_info() -> dict:
+    import os
+
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+
+
+__all__ = ["PipelineConfig", "ReproduceConfig", "Run", "load_pipeline_config", "preset_table", "reproduce_plan", "run_pipeline"]
