@@ -25,9 +25,9 @@ CHILD = r"""
 import json, resource, sys, time
 from agentalign.players.generate import generate, preset
 episodes, size, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-generate(out + "-warm", preset("smoke-finetune", size=size))  # loads numba's cached code
+generate(out + "-warm", preset("smoke-finetune"), size=size)  # loads numba's cached code
 t = time.perf_counter()
-r = generate(out, preset("pretrain", episodes=episodes, size=size))
+r = generate(out, preset("pretrain", episodes=episodes), size=size)
 dt = time.perf_counter() - t
 print(json.dumps({"episodes": episodes, "size": size, "frames": r["frames"], "seconds": round(dt, 2),
                   "frames_per_s": round(r["frames"] / dt), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))

@@ -91,22 +91,6 @@ def test_same_seed_same_trajectories_other_seed_other_ones(policy, cached):
         np.testing.assert_allclose(t.pos[0], W.SPAWNS[t.spawn])
 
 
-def test_a_caller_picks_each_waves_spawns(policy, cached):
-    first, _ = cached
-    asked = []
-
-    def spawn_of(episodes):
-        asked.append(list(episodes))
-        return [3 - k % 4 for k in episodes]
-
-    picked = [t for wave in iter_waves(PolicyActor(policy), CFG, spawn_of=spawn_of) for t in wave]
-    assert asked == [[0, 1, 2], [3, 4]]  # once per wave, before it (CFG: 5 episodes, 3 envs)
-    assert [t.spawn for t in picked] == [3, 2, 1, 0, 3]
-    for t, t0 in zip(picked, first):
-        np.testing.assert_allclose(t.pos[0], W.SPAWNS[t.spawn])
-        assert t.yaw[0] == t0.yaw[0]  # the spawn drawn anyway: the yaw jitter's stream is unchanged
-
-
 def test_samples_per_start_share_the_start_and_sample_apart(policy, cached):
     first, _ = cached
     grouped = rollout(PolicyActor(policy), replace(CFG, episodes=6, samples_per_start=3))
@@ -115,8 +99,6 @@ def test_samples_per_start_share_the_start_and_sample_apart(policy, cached):
     for g in (grouped[:3], grouped[3:]):
         assert len({(t.spawn, float(t.yaw[0])) for t in g}) == 1
         assert len({t.actions.tobytes() for t in g}) == 3  # one start, three samples
-    with pytest.raises(ValueError, match="spawn_of picks each episode's spawn"):
-        next(iter_waves(PolicyActor(policy), replace(CFG, samples_per_start=2), spawn_of=lambda e: [0] * len(e)))
 
 
 def test_temperature_changes_the_sampling_not_the_policy(policy, cached):

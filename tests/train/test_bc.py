@@ -1,37 +1,42 @@
-"""Behaviour cloning: the loss against hand-computed values, small real runs on a generated store,
-head-only training, determinism, exact resume, and the checks on bad input."""
+"""Behaviour cloning: small real runs on a generated store, head-only training, determinism, exact
+resume, and the checks on bad input (the loss itself: tests/train_align/test_losses.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from agentalign.config import ConfigError, build_config
+from agentalign.config import ConfigError, build_config, config_to_dict
 from agentalign.models import Policy, model_preset
-from agentalign.models.distribution import N_LOGITS, ActionDistribution
+from agentalign.models.distribution import N_LOGITS
 from agentalign.train import bc as bc_module
-from agentalign.train.bc import BC_PRESETS, BCConfig, bc_loss, bc_preset, previous_actions, train_bc
+from agentalign.train.bc import BC_PRESETS, BCConfig, bc_preset, previous_actions, train_bc
 from agentalign.io import read_metrics
 from agentalign.train.common import adamw_param_groups, lr_at, seed_everything
 
 
-def smoke(store, **kw) -> BCConfig:
-    return bc_preset("smoke", data=str(store), **kw)
+TINY = model_preset("tiny")
+
+
+def smoke(**kw) -> BCConfig:
+    return bc_preset("smoke", **kw)
 
 
 def params(out) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
-def initial_params(cfg: BCConfig) -> dict[str, torch.Tensor]:
+def initial_params(cfg: BCConfig, data) -> dict[str, torch.Tensor]:
     """The parameters a from-scratch run starts from (the trainer seeds, then builds the policy)."""
     seed_everything(cfg.seed)
-    return {k: v.clone() for k, v in bc_module.build_policy(cfg, torch.device("cpu")).state_dict().items()}
+    policy = bc_module.build_policy(cfg, TINY, torch.device("cpu"), data=data)
+    return {k: v.clone() for k, v in policy.state_dict().items()}
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -40,34 +45,7 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-# -- the loss ----------------------------------------------------------------------------------
-
-
-def test_bc_loss_against_hand_computed_values():
-    logits = torch.zeros(1, 2, N_LOGITS, requires_grad=True)
-    with torch.no_grad():
-        logits[0, 0, 1] = math.log(3)  # button 0: p(pressed) = 3 / (1 + 3)
-        logits[0, 1] = 50.0 * torch.randn(N_LOGITS)  # a wild step that the mask leaves out
-    actions = torch.zeros(1, 2, 16, dtype=torch.long)
-    actions[0, 0, 0] = 1  # button 0 pressed, the others up
-    actions[0, :, 12:] = 5  # sticks at rest
-    mask = torch.tensor([[True, False]])
-
-    loss, m = bc_loss(logits, actions, mask)
-    # Step 0: -log(3/4) for button 0, log 2 for the 11 uniform buttons, log 11 for the 4 sticks.
-    want = (math.log(4 / 3) + 11 * math.log(2) + 4 * math.log(11)) / 16
-    assert loss.item() == pytest.approx(want, rel=1e-6)
-    assert m["nll"].item() == pytest.approx(16 * want, rel=1e-6)
-    # Argmax: button 0 -> 1 (right), other buttons tie -> 0 (right), sticks tie -> bin 0 (wrong).
-    assert m["accuracy"].item() == pytest.approx(12 / 16)
-    assert m["accuracy_per_head"].tolist() == [1.0] * 12 + [0.0] * 4
-    assert m["exact"].item() == 0.0 and m["steps"].item() == 1
-    loss.backward()
-    assert logits.grad[0, 1].abs().sum() == 0  # the masked step gets no gradient
-
-    # The same numbers as the policy's own distribution.
-    lp = ActionDistribution(logits.detach()).log_prob_per_head(actions)  # (1, 2, 16)
-    assert loss.item() == pytest.approx(-lp[0, 0].mean().item(), rel=1e-6)
+# -- pieces ------------------------------------------------------------------------------------
 
 
 def test_action_log_frequencies_against_hand_counts(tmp_path):
@@ -94,23 +72,16 @@ def test_action_log_frequencies_against_hand_counts(tmp_path):
 def test_a_fresh_model_starts_at_the_data_marginal_and_an_init_model_does_not(store, tmp_path):
     from agentalign.data import StoreReader
 
-    cfg = smoke(store)
-    policy = bc_module.build_policy(cfg, torch.device("cpu"))
+    cfg, cpu = smoke(), torch.device("cpu")
+    policy = bc_module.build_policy(cfg, TINY, cpu, data=store)
     assert torch.equal(policy.head[-1].bias.detach(), bc_module.action_log_frequencies(StoreReader(store)))
-    off = bc_module.build_policy(replace(cfg, action_prior_init=False), torch.device("cpu"))
+    off = bc_module.build_policy(replace(cfg, action_prior_init=False), TINY, cpu, data=store)
     assert torch.count_nonzero(off.head[-1].bias) == 0
     policy.save_pretrained(tmp_path / "p")
     policy.head[-1].bias.data.add_(1.0)
     policy.save_pretrained(tmp_path / "q")
-    from_init = bc_module.build_policy(replace(cfg, init=str(tmp_path / "q")), torch.device("cpu"))
+    from_init = bc_module.build_policy(cfg, TINY, cpu, data=store, init=tmp_path / "q")
     assert torch.equal(from_init.head[-1].bias, policy.head[-1].bias)  # the checkpoint's, not the prior
-
-
-def test_bc_loss_with_nothing_masked_in_is_zero_not_nan():
-    logits = torch.randn(2, 3, N_LOGITS, requires_grad=True)
-    loss, m = bc_loss(logits, torch.zeros(2, 3, 16, dtype=torch.long), torch.zeros(2, 3, dtype=torch.bool))
-    assert loss.item() == 0.0 and torch.isfinite(m["accuracy"])
-    loss.backward()
 
 
 def test_previous_actions_shift_right_within_the_window():
@@ -135,18 +106,32 @@ def test_schedule_and_weight_decay_groups():
 
 
 def test_presets_are_valid_and_config_errors_name_the_field():
-    for name, cfg in BC_PRESETS.items():
-        assert cfg.window <= cfg.model.context, name
-    with pytest.raises(ValueError, match="window"):
-        BCConfig(model=model_preset("tiny"), window=9)
+    for name, cfg in BC_PRESETS.items():  # each fits the model it is meant for
+        model = TINY if name == "smoke" else model_preset("cpu")
+        assert bc_module.resolve_model(cfg, model, None) == (cfg, model), name
+    with pytest.raises(ValueError, match=r"window \(9\) is longer than the model's context \(model.context = 8\)"):
+        bc_module.resolve_model(BCConfig(window=9), TINY, None)
     with pytest.raises(ValueError, match="lr"):
         BCConfig(lr=0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        BCConfig(steps=0)
     with pytest.raises(ConfigError, match="train_only"):
         build_config(BCConfig, {"train_only": "trunk"})
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
         build_config(BCConfig, overrides=["stepz=3"])
-    cfg = build_config(BCConfig, {"model": {"dropout": 0.1}}, ["steps=7", "compile=none"], base=BC_PRESETS["smoke"])
-    assert cfg.steps == 7 and cfg.model.dropout == 0.1 and cfg.model.width == 32 and cfg.compile is None
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        build_config(BCConfig, overrides=["batch_size=2.5"])
+    for key in ("data", "model.width", "init", "stage"):  # train_bc's arguments, not settings
+        with pytest.raises(ConfigError, match=f"unknown config key '{key.split('.')[0]}'"):
+            build_config(BCConfig, overrides=[f"{key}=1"])
+    cfg = build_config(BCConfig, {}, ["steps=7", "compile=none"], base=BC_PRESETS["smoke"])
+    assert cfg.steps == 7 and cfg.window == 8 and cfg.compile is None
+
+
+def test_init_gives_the_model_and_shortens_the_window(pretrained):
+    _, base_dir, _ = pretrained
+    cfg, model = bc_module.resolve_model(BCConfig(window=32), None, base_dir)
+    assert model == TINY and cfg == BCConfig(window=8)
 
 
 # -- training runs -----------------------------------------------------------------------------
@@ -156,14 +141,15 @@ def test_presets_are_valid_and_config_errors_name_the_field():
 def pretrained(store, tmp_path_factory):
     """A finished smoke run: (config, folder, summary)."""
     out = tmp_path_factory.mktemp("runs") / "pretrained"
-    cfg = smoke(store, steps=4)
-    return cfg, out, train_bc(cfg, out, progress=False)
+    cfg = smoke(steps=4)
+    return cfg, out, train_bc(cfg, store, out, model=TINY, stage="smoke", progress=False)
 
 
-def test_a_short_run_trains_and_writes_its_outputs(pretrained):
+def test_a_short_run_trains_and_writes_its_outputs(pretrained, store):
     cfg, out, summary = pretrained
     assert math.isfinite(summary["final_loss"]) and summary["steps"] == 4 and summary["resumed_from"] == 0
-    before, after = initial_params(cfg), params(out)
+    assert summary["stage"] == "smoke"
+    before, after = initial_params(cfg, store), params(out)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > 0.9 * len(before)
     rows = read_metrics(out)
@@ -173,35 +159,50 @@ def test_a_short_run_trains_and_writes_its_outputs(pretrained):
     assert rows[0]["train/lr"] == pytest.approx(cfg.lr / cfg.warmup)  # warm-up
     meta = json.loads((out / "config.json").read_text())
     assert meta["stage"] == "smoke" and meta["step"] == 4 and meta["parent"] is None and len(meta["dataset_id"]) == 32
-    assert json.loads((out / "run_config.json").read_text())["lr"] == cfg.lr
-    assert Policy.from_pretrained(out).cfg == cfg.model
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config == {"bc": config_to_dict(cfg), "data": str(store), "model": config_to_dict(TINY), "init": None,
+                          "stage": "smoke"}  # fmt: skip
+    assert Policy.from_pretrained(out).cfg == TINY
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
 
 
-def test_a_finished_run_returns_at_once_and_another_config_is_refused(pretrained):
+def test_a_finished_run_returns_at_once_and_another_config_is_refused(pretrained, store, tmp_path):
     cfg, out, summary = pretrained
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    again = train_bc(cfg, out, progress=False)
+    again = train_bc(cfg, store, out, model=TINY, stage="smoke", progress=False)
     assert again["already_finished"] and again["final_loss"] == summary["final_loss"]
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     # Loader workers or log frequency do not change results: allowed.
-    assert train_bc(replace(cfg, num_workers=1, log_every=2), out, progress=False)["already_finished"]
-    with pytest.raises(ValueError, match=r"different config \(lr: 0.0003 there, 0.001 now\)"):
-        train_bc(replace(cfg, lr=1e-3), out, progress=False)
+    assert train_bc(replace(cfg, num_workers=1, log_every=2), store, out, model=TINY, stage="smoke",
+                    progress=False)["already_finished"]  # fmt: skip
+    # Everything else that makes the run is part of its identity: settings, model, data, stage.
+    refused = [
+        (dict(cfg=replace(cfg, lr=1e-3)), r"bc.lr: 0.0003 there, 0.001 now"),
+        (dict(model=model_preset("tiny", dropout=0.1)), r"model.dropout: 0.0 there, 0.1 now"),
+        (dict(stage="pretrain"), r"stage: 'smoke' there, 'pretrain' now"),
+        (dict(data=out.parent / "elsewhere"), r"data: '.*' there, '.*elsewhere' now"),
+    ]
+    shutil.copytree(store, out.parent / "elsewhere", dirs_exist_ok=True)
+    for change, pattern in refused:
+        kw = dict(cfg=cfg, data=store, model=TINY, stage="smoke") | change
+        with pytest.raises(ValueError, match=r"different config \(" + pattern):
+            train_bc(kw.pop("cfg"), kw.pop("data"), out, progress=False, **kw)
 
 
 @pytest.mark.parametrize("train_only,trained", [("head", ("head.",)),
                                                  ("transformer", ("action_embed.", "bos", "pos", "blocks.", "ln_f.", "head."))])  # fmt: skip
 def test_partial_training_changes_only_what_it_trains(pretrained, store, tmp_path, train_only, trained):
     _, base_dir, _ = pretrained
-    cfg = smoke(store, steps=3, train_only=train_only, stage="preference").with_init(base_dir)
-    train_bc(cfg, tmp_path, progress=False)
+    cfg = smoke(steps=3, train_only=train_only)
+    train_bc(cfg, store, tmp_path, init=base_dir, stage="preference", progress=False)
     assert all(math.isfinite(r["train/loss"]) for r in read_metrics(tmp_path))
     before, after = params(base_dir), params(tmp_path)
     for k in before:
         same = torch.equal(before[k], after[k])
         assert same != k.startswith(trained), k
-    assert json.loads((tmp_path / "config.json").read_text())["parent"] == str(base_dir.resolve())
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["parent"] == str(base_dir.resolve()) and meta["stage"] == "preference"
+    assert json.loads((tmp_path / "run_config.json").read_text())["init"] == str(base_dir)
 
 
 def test_frame_features_are_the_encoders_output_for_every_window(pretrained, store):
@@ -224,25 +225,26 @@ def test_a_clone_on_cached_features_trains_as_one_on_the_encoder(pretrained, sto
     """cache_features changes where z_t comes from, not what is learnt: the same run with and
     without it ends at the same parameters up to float rounding, and the encoder stays frozen."""
     _, base_dir, _ = pretrained
-    cfg = smoke(store, steps=3, train_only="transformer", augment=False, stage="preference").with_init(base_dir)
+    cfg = smoke(steps=3, train_only="transformer", augment=False)
     assert bc_module.uses_feature_cache(cfg) and not bc_module.uses_feature_cache(replace(cfg, augment=True))
-    train_bc(cfg, tmp_path / "cached", progress=False)
-    train_bc(replace(cfg, cache_features=False), tmp_path / "encoder", progress=False)
+    kw = dict(init=base_dir, stage="preference", progress=False)
+    train_bc(cfg, store, tmp_path / "cached", **kw)
+    train_bc(replace(cfg, cache_features=False), store, tmp_path / "encoder", **kw)
     cached, plain, before = params(tmp_path / "cached"), params(tmp_path / "encoder"), params(base_dir)
     assert any(not torch.equal(cached[k], before[k]) for k in cached)
     for k in cached:
         torch.testing.assert_close(cached[k], plain[k], rtol=1e-4, atol=1e-5, msg=k)
         if k.startswith(("encoder.", "obs_proj.")):
             assert torch.equal(cached[k], before[k]), k
-    train_bc(cfg, tmp_path / "again", progress=False)  # and it is reproducible
+    train_bc(cfg, store, tmp_path / "again", **kw)  # and it is reproducible
     assert_same(cached, params(tmp_path / "again"))
 
 
 def test_same_seed_same_parameters_other_seed_other_parameters(store, tmp_path):
-    cfg = smoke(store, steps=3)
-    train_bc(cfg, tmp_path / "a", progress=False)
-    train_bc(replace(cfg, num_workers=1), tmp_path / "b", progress=False)  # a loader process changes nothing
-    train_bc(replace(cfg, seed=1), tmp_path / "c", progress=False)
+    cfg, kw = smoke(steps=3), dict(model=TINY, progress=False)
+    train_bc(cfg, store, tmp_path / "a", **kw)
+    train_bc(replace(cfg, num_workers=1), store, tmp_path / "b", **kw)  # a loader process changes nothing
+    train_bc(replace(cfg, seed=1), store, tmp_path / "c", **kw)
     assert_same(params(tmp_path / "a"), params(tmp_path / "b"))
     assert not torch.equal(params(tmp_path / "a")["head.2.weight"], params(tmp_path / "c")["head.2.weight"])
 
@@ -253,9 +255,9 @@ class Crash(Exception):
 
 def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tmp_path, monkeypatch):
     # Dropout on: the resumed run must also restore the global torch RNG exactly.
-    cfg = smoke(store, steps=7, checkpoint_every=3, model=model_preset("tiny", dropout=0.1))
+    cfg, kw = smoke(steps=7, checkpoint_every=3), dict(model=model_preset("tiny", dropout=0.1), progress=False)
     straight = tmp_path / "straight"
-    train_bc(cfg, straight, progress=False)
+    train_bc(cfg, store, straight, **kw)
 
     broken = tmp_path / "broken"
     real, calls = bc_module.previous_actions, []
@@ -268,12 +270,12 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tm
 
     monkeypatch.setattr(bc_module, "previous_actions", crash_at_step_5)
     with pytest.raises(Crash):
-        train_bc(cfg, broken, progress=False)
+        train_bc(cfg, store, broken, **kw)
     monkeypatch.setattr(bc_module, "previous_actions", real)
     assert json.loads((broken / "train_state" / "latest.json").read_text())["step"] == 3
     assert [r["step"] for r in read_metrics(broken)] == [1, 2, 3, 4]
 
-    summary = train_bc(cfg, broken, progress=False)
+    summary = train_bc(cfg, store, broken, **kw)
     assert summary["resumed_from"] == 3
     assert_same(params(straight), params(broken))
     assert [r["step"] for r in read_metrics(broken)] == list(range(1, 8))  # step 4 once, not twice
@@ -286,20 +288,22 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tm
 
 def test_bad_inputs_are_clear_errors_before_any_work(store, store_32px, pretrained, tmp_path):
     out = tmp_path / "out"
+    base_dir = pretrained[1]
     cases = [
-        (smoke(tmp_path / "missing"), r"data: no dataset at .*missing"),
-        (smoke(""), r"data: no dataset given"),
-        (smoke(tmp_path), r"data: .*manifest"),  # a folder that is not a store
-        (smoke(store_32px), r"data: .* holds 32x32 frames but the model takes 64x64 \(model.image_size = 64\)"),
-        (replace(smoke(store), init=str(tmp_path / "nothing")), r"init: .*not a checkpoint"),
-        (replace(BCConfig(data=str(store)), init=str(pretrained[1])),
-         r"init: .* holds a model that differs from model \(width 32 vs 128"),
+        (dict(data=tmp_path / "missing"), r"data: no dataset at .*missing"),
+        (dict(data=""), r"data: no dataset given"),
+        (dict(data=tmp_path), r"data: .*manifest"),  # a folder that is not a store
+        (dict(data=store_32px), r"data: .* holds 32x32 frames but the model takes 64x64 \(model.image_size = 64\)"),
+        (dict(model=None, init=tmp_path / "nothing"), r"init: .*not a checkpoint"),
+        (dict(init=base_dir), r"give exactly one of model .* and init .*, got both"),
+        (dict(model=None), r"give exactly one of model .* and init .*, got neither"),
+        (dict(cfg=smoke(window=32)), r"window \(32\) is longer than the model's context \(model.context = 8\)"),
+        (dict(stage=""), r"stage must be a non-empty label"),
     ]  # fmt: skip
-    for cfg, pattern in cases:
+    for change, pattern in cases:
+        kw = dict(cfg=smoke(), data=store, model=TINY, stage="smoke") | change
         with pytest.raises(ValueError, match=pattern):
-            train_bc(cfg, out, progress=False)
+            train_bc(kw.pop("cfg"), kw.pop("data"), out, progress=False, **kw)
         assert not out.exists()  # nothing was started
     with pytest.raises(ValueError, match=r"first_window_share must be a number in \[0, 1\], got -0.1"):
         replace(BC_PRESETS["smoke"], first_window_share=-0.1)
-    with pytest.raises(ValueError, match=r"window \(32\) is longer than the model's context"):
-        replace(BC_PRESETS["smoke"], window=32)

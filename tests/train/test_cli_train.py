@@ -20,7 +20,8 @@ def test_pretrain_then_sft_from_the_command_line(store, tmp_path):
     line = r.stdout.strip().splitlines()[-1]
     assert "smoke 3 steps" in line and "final loss" in line and " s (" in line
     saved = json.loads((base / "run_config.json").read_text())
-    assert saved["steps"] == 3 and saved["lr"] == 1e-3 and saved["batch_size"] == 2 and saved["data"] == str(store)
+    assert saved["bc"]["steps"] == 3 and saved["bc"]["lr"] == 1e-3 and saved["bc"]["batch_size"] == 2
+    assert saved["data"] == str(store) and saved["model"]["width"] == 32 and saved["stage"] == "smoke"
 
     r = run("sft", "--data", str(store), "--out", str(tuned), "--init", str(base), "--set", "steps=2",
             "--set", "batch_size=2", "--no-progress")  # fmt: skip
@@ -39,8 +40,12 @@ def test_bad_command_lines_are_clear_errors(store, tmp_path):
     assert r.returncode == 2 and "unknown config key 'learning_rate'" in r.stderr
     r = run("pretrain", "--data", str(store), "--out", str(out), "--preset", "smoke", "--set", "steps=many")
     assert r.returncode == 2 and "steps: expected an integer, got 'many'" in r.stderr
+    r = run("pretrain", "--data", str(store), "--out", str(out), "--preset", "smoke", "--set", "data=x")
+    assert r.returncode == 2 and "unknown config key 'data'" in r.stderr
     r = run("sft", "--data", str(store), "--out", str(out))
     assert r.returncode == 2 and "exactly one of --init" in r.stderr
+    r = run("sft", "--data", str(store), "--out", str(out), "--init", str(store), "--set", "model.dropout=0.1")
+    assert r.returncode == 2 and "with --init the model is the checkpoint's" in r.stderr
     r = run("pretrain", "--data", str(tmp_path / "nope"), "--out", str(out))
     assert r.returncode == 2 and "data: no dataset at" in r.stderr
     assert not out.exists()

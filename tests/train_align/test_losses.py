@@ -1,9 +1,53 @@
+"""The training objectives of agentalign.train.losses against hand-computed values."""
+
 import math
 
+import pytest
 import torch
 
-from agentalign.train.losses import (advantage_scale, baseline, clipped_surrogate_loss, discounted_returns, dpo_loss,
-                                     explained_variance, kl_penalty, lambda_returns, reinforce_loss, value_loss)
+from agentalign.models.distribution import N_LOGITS, ActionDistribution
+from agentalign.train.losses import baseline, bc_loss, bt_loss, discounted_returns, dpo_loss, kl_penalty, reinforce_loss
+
+
+def test_bc_loss_against_hand_computed_values():
+    logits = torch.zeros(1, 2, N_LOGITS, requires_grad=True)
+    with torch.no_grad():
+        logits[0, 0, 1] = math.log(3)  # button 0: p(pressed) = 3 / (1 + 3)
+        logits[0, 1] = 50.0 * torch.randn(N_LOGITS)  # a wild step that the mask leaves out
+    actions = torch.zeros(1, 2, 16, dtype=torch.long)
+    actions[0, 0, 0] = 1  # button 0 pressed, the others up
+    actions[0, :, 12:] = 5  # sticks at rest
+    mask = torch.tensor([[True, False]])
+
+    loss, m = bc_loss(logits, actions, mask)
+    # Step 0: -log(3/4) for button 0, log 2 for the 11 uniform buttons, log 11 for the 4 sticks.
+    want = (math.log(4 / 3) + 11 * math.log(2) + 4 * math.log(11)) / 16
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert m["nll"].item() == pytest.approx(16 * want, rel=1e-6)
+    # Argmax: button 0 -> 1 (right), other buttons tie -> 0 (right), sticks tie -> bin 0 (wrong).
+    assert m["accuracy"].item() == pytest.approx(12 / 16)
+    assert m["accuracy_per_head"].tolist() == [1.0] * 12 + [0.0] * 4
+    assert m["exact"].item() == 0.0 and m["steps"].item() == 1
+    loss.backward()
+    assert logits.grad[0, 1].abs().sum() == 0  # the masked step gets no gradient
+
+    # The same numbers as the policy's own distribution.
+    lp = ActionDistribution(logits.detach()).log_prob_per_head(actions)  # (1, 2, 16)
+    assert loss.item() == pytest.approx(-lp[0, 0].mean().item(), rel=1e-6)
+
+
+def test_bc_loss_with_nothing_masked_in_is_zero_not_nan():
+    logits = torch.randn(2, 3, N_LOGITS, requires_grad=True)
+    loss, m = bc_loss(logits, torch.zeros(2, 3, 16, dtype=torch.long), torch.zeros(2, 3, dtype=torch.bool))
+    assert loss.item() == 0.0 and torch.isfinite(m["accuracy"])
+    loss.backward()
+
+
+def test_bt_loss_by_hand():
+    r_i, r_j = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
+    p = torch.tensor([1.0, 1.0, 0.5])  # i preferred, i preferred (against the rewards), a tie
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1)) + math.log(2)) / 3
+    assert abs(float(bt_loss(r_i, r_j, p)) - expected) < 1e-6
 
 
 def test_baselines():
@@ -14,18 +58,6 @@ def test_baselines():
     r4 = torch.tensor([1.0, 2.0, 6.0, 10.0])
     # groups {0, 2} and {1}: 0 and 2 see each other; 1 is alone, so it gets the batch LOO (17/3).
     assert torch.allclose(baseline(r4, "start", torch.tensor([7, 3, 7, 9])), torch.tensor([6.0, 17 / 3, 1.0, 3.0]))
-
-
-def test_advantage_scale_by_hand():
-    r, b = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.0, 1.0, 2.0])  # advantages 1, 1, 4: std sqrt(3)
-    assert torch.allclose(advantage_scale(r, b, eps=0.0), torch.full((3,), 1 / math.sqrt(3)))
-    assert torch.allclose(advantage_scale(r, r, eps=1e-3), torch.full((3,), 1e3))  # no signal: bounded
-    assert torch.equal(advantage_scale(r[:1], b[:1]), torch.ones(1))  # one episode has no spread
-    # groups {0, 1}: advantages 1, 1 -> std 0; {2, 3}: 4, 0 -> std sqrt(8); {4} alone: the batch's
-    r5, b5 = torch.tensor([1.0, 2.0, 6.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 2.0, 0.0, 3.0])
-    batch_std = float(torch.tensor([1.0, 1.0, 4.0, 0.0, 0.0]).std())
-    expected = torch.tensor([1 / 0.5, 1 / 0.5, 1 / (math.sqrt(8) + 0.5), 1 / (math.sqrt(8) + 0.5), 1 / (batch_std + 0.5)])
-    assert torch.allclose(advantage_scale(r5, b5, torch.tensor([3, 3, 1, 1, 7]), eps=0.5), expected, atol=1e-6)
 
 
 def test_discounted_returns():
@@ -42,60 +74,9 @@ def test_reinforce_loss_by_hand():
     base = torch.tensor([0.25, 0.25])
     # episode 0: -(-1 - 2) * 0.75 = 2.25; episode 1: -(-0.5) * (-0.25) = -0.125
     assert abs(float(reinforce_loss(logp, returns, mask, base)) - (2.25 - 0.125) / 2) < 1e-6
+    # One baseline per episode: episode 0: -(-1 - 2) * 0.5 = 1.5; episode 1: -(-0.5) * 0.5 = 0.25
+    assert abs(float(reinforce_loss(logp, returns, mask, torch.tensor([0.5, -0.5]))) - (1.5 + 0.25) / 2) < 1e-6
     assert abs(float(kl_penalty(torch.tensor([[0.1, 0.2], [0.3, 5.0]]), mask)) - (0.3 + 0.3) / 2) < 1e-6
-
-
-def test_a_per_step_baseline_by_hand():
-    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
-    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
-    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    base = torch.tensor([[0.5, 1.0], [0.25, 9.0]])  # V(h_t): step 1 of episode 0 already knows its outcome
-    # episode 0: -(-1 * 0.5 + -2 * 0) = 0.5; episode 1: -(-0.5 * -0.25) = -0.125; padding counts nothing
-    assert abs(float(reinforce_loss(logp, returns, mask, base)) - (0.5 - 0.125) / 2) < 1e-6
-    # A (B,) baseline is the same as that baseline at every step.
-    flat = torch.tensor([0.25, 0.5])
-    assert torch.allclose(reinforce_loss(logp, returns, mask, flat), reinforce_loss(logp, returns, mask, flat[:, None].expand(2, 2)))
-
-
-def test_value_loss_and_explained_variance_by_hand():
-    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
-    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    values = torch.tensor([[0.5, 1.0], [0.5, 7.0]])
-    assert abs(float(value_loss(values, returns, mask)) - (0.25 + 0 + 0.25) / 3) < 1e-6
-    # real-step returns 1, 1, 0 (var 1/3); residuals 0.5, 0, -0.5 (var 1/4): 1 - 3/4
-    assert abs(explained_variance(values, returns, mask) - 0.25) < 1e-6
-    assert explained_variance(returns, returns, mask) == 1.0
-    assert math.isnan(explained_variance(values, torch.ones(2, 2), mask))  # equal returns: nothing to explain
-
-
-def test_lambda_returns_by_hand():
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    R = torch.tensor([1.0, 2.0])
-    V = torch.tensor([[0.2, 0.4, 0.8], [0.5, 0.6, 9.0]])
-    # lam = 1: the Monte Carlo returns; lam = 0: the next step's V, and R on the last step
-    assert torch.allclose(lambda_returns(R, V, mask, 0.5, 1.0), discounted_returns(R, mask, 0.5))
-    assert torch.allclose(lambda_returns(R, V, mask, 1.0, 0.0), torch.tensor([[0.4, 0.8, 1.0], [0.6, 2.0, 0.0]]))
-    # lam = 0.5, gamma = 1, episode 0: G_2 = 1; G_1 = 0.5 * 0.8 + 0.5 * 1 = 0.9; G_0 = 0.5 * 0.4 + 0.5 * 0.9 = 0.65
-    assert torch.allclose(lambda_returns(R, V, mask, 1.0, 0.5)[0], torch.tensor([0.65, 0.9, 1.0]))
-
-
-def test_clipped_surrogate_by_hand():
-    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
-    returns = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    base = torch.tensor([0.5, 0.5])  # advantages: +0.5 (episode 0), -0.5 (episode 1)
-    old = torch.zeros(2, 2)
-    new = torch.tensor([[math.log(2.0), math.log(0.5)], [math.log(0.5), 3.0]])
-    # episode 0 (A = +0.5): rho 2 -> clipped to 1.2 -> 0.6; rho 0.5 -> min(0.25, 0.4) = 0.25
-    # episode 1 (A = -0.5): rho 0.5 -> min(-0.25, -0.4) = -0.4; the masked step counts nothing
-    expected = -((0.6 + 0.25) + (-0.4)) / 2
-    assert abs(float(clipped_surrogate_loss(new, old, returns, mask, base, 0.2)) - expected) < 1e-6
-    # At rho = 1 its gradient is REINFORCE's.
-    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
-    clipped_surrogate_loss(logp, logp.detach(), returns, mask, base, 0.2).backward()
-    g1 = logp.grad.clone()
-    logp.grad = None
-    reinforce_loss(logp, returns, mask, base).backward()
-    assert torch.allclose(g1, logp.grad)
 
 
 def test_dpo_loss_by_hand():

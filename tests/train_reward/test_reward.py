@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -5,9 +6,10 @@ import pytest
 import torch
 
 from agentalign.models import Policy, model_preset
-from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardEnsemble, RewardModel, RewardModelConfig, bt_loss,
+from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardEnsemble, RewardModel, RewardModelConfig,
                                      load_reward_model, pad_trajectory)
 from agentalign.prefs import Preference, PreferenceSet
+from agentalign.train.losses import bt_loss
 from agentalign.train.reward import RewardTrainConfig, count_comparisons, pairwise_metrics, preference_matrix, train_reward_model
 
 
@@ -43,46 +45,35 @@ def _ranked(m: int, e: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return emb, preference_matrix(prefs, ids)
 
 
-@pytest.mark.parametrize("head", ["concat", "sum"])
-def test_preference_matrix_and_training_learn_a_clear_signal(head):
+def test_preference_matrix_and_training_learn_a_clear_signal():
     # Trajectories whose embeddings carry their score in one feature: the model must find it.
     m, e = 40, 8
     emb, P = _ranked(m, e, seed=0)
     assert count_comparisons(P) == m * (m - 1) // 2
-    before = pairwise_metrics(RewardModel(RewardModelConfig("random", e, head=head))(emb).detach(), P)["reward/accuracy"]
-    model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16,
-                                                               head=head))  # fmt: skip
-    assert model.cfg.head == head
+    before = pairwise_metrics(RewardModel(RewardModelConfig("random", e))(emb).detach(), P)["reward/accuracy"]
+    model, info = train_reward_model(emb, P, RewardTrainConfig(encoder="random", max_steps=200, traj_per_step=16))
     after = pairwise_metrics(model(emb).detach(), P)["reward/accuracy"]
     assert after > 0.95 and after > before
     n = model.normalised(emb).detach()
     assert float(n.min()) == 0.0 and float(n.max()) == 1.0
 
 
-def test_sum_head_scores_a_view_the_same_at_any_step_and_round_trips(tmp_path):
+def test_checkpoints_that_record_the_removed_head_and_pad_options(tmp_path):
     torch.manual_seed(0)
-    model = RewardModel(RewardModelConfig("random", 8, head="sum"))
-    emb = torch.randn(3, 100, 8)
-    per_step = model.step_mlp(emb).squeeze(-1)  # (3, 100)
-    assert torch.allclose(model(emb), per_step.sum(1), atol=1e-5)
-    # The sum has no per-position weights: permuting the steps leaves the reward as it was,
-    # where the paper's concatenation (with its position-specific weights) changes it.
-    perm = torch.randperm(100)
-    assert torch.allclose(model(emb[:, perm]), model(emb), atol=1e-4)
-    concat = RewardModel(RewardModelConfig("random", 8))
-    assert not torch.allclose(concat(emb[:, perm]), concat(emb), atol=1e-4)
-    model.set_normalisation(model(emb))
+    model = RewardModel(RewardModelConfig("random", 8))
     model.save_pretrained(tmp_path / "rm", policy=None)
-    back, meta = RewardModel.from_pretrained(tmp_path / "rm")
-    assert meta["reward_model"]["head"] == "sum" and torch.equal(back(emb), model(emb))
-    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
-    # A checkpoint written before the option existed reads as the paper's head.
-    del meta["reward_model"]["head"]
-    assert RewardModelConfig(**meta["reward_model"]).head == "concat"
-    with pytest.raises(ValueError, match="head"):
-        RewardModelConfig("random", 8, head="mean")
-    with pytest.raises(ValueError, match="head"):
-        RewardTrainConfig(head="mean")
+    cfg_path = tmp_path / "rm" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    # Written before the options were removed, at the values that remain: it loads as it was.
+    meta["reward_model"].update(head="concat", pad="black")
+    cfg_path.write_text(json.dumps(meta))
+    back, _ = load_reward_model(tmp_path / "rm")
+    emb = torch.randn(2, 100, 8)
+    assert back.cfg == model.cfg and torch.equal(back(emb), model(emb))
+    meta["reward_model"]["head"] = "sum"
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="head='sum', an option that was removed"):
+        load_reward_model(tmp_path / "rm")
 
 
 def test_agent_encoder_sliding_window_matches_per_window_forward():
@@ -104,42 +95,38 @@ def test_agent_encoder_sliding_window_matches_per_window_forward():
 def test_padding_and_random_encoder():
     f, a = pad_trajectory(torch.ones(3, 64, 64, 3, dtype=torch.uint8), torch.ones(3, 16, dtype=torch.long))
     assert f.shape[0] == 100 and f[3:].max() == 0 and (a[3:, 12:] == 5).all() and (a[3:, :12] == 0).all()
-    frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
-    f, _ = pad_trajectory(frames, torch.ones(3, 16, dtype=torch.long), pad="last")
-    assert torch.equal(f[:3], frames) and all(torch.equal(f[k], frames[2]) for k in (3, 50, 99))
-    with pytest.raises(ValueError, match="padding 'grey'"):
-        pad_trajectory(frames, torch.ones(3, 16, dtype=torch.long), pad="grey")
+    with pytest.raises(ValueError, match="longer than the reward model's horizon 100"):
+        pad_trajectory(torch.ones(101, 64, 64, 3, dtype=torch.uint8), torch.ones(101, 16, dtype=torch.long))
     enc1, enc2 = RandomEncoder(64, 512, seed=3), RandomEncoder(64, 512, seed=3)
     x = torch.randint(0, 256, (1, 4, 64, 64, 3), dtype=torch.uint8)
     assert torch.equal(enc1(x), enc2(x)) and enc1(x).shape == (1, 4, 512)
 
 
-@pytest.mark.parametrize("pad", ["black", "last"])
-def test_padded_embeddings_encode_each_frame_once_and_match_the_padded_frames(pad):
+def test_padded_embeddings_encode_each_frame_once_and_match_the_padded_frames():
     policy = Policy(model_preset("tiny")).eval()  # context 8: windows slide over the padding
     g = torch.Generator().manual_seed(2)
     lengths = [5, 12, 30]
     frames = [torch.randint(0, 256, (t, 64, 64, 3), dtype=torch.uint8, generator=g) for t in lengths]
     actions = [torch.randint(0, 2, (t, 16), generator=g) for t in lengths]
     enc = AgentEncoder(policy)
-    padded = [pad_trajectory(f, a, 30, pad) for f, a in zip(frames, actions)]
+    padded = [pad_trajectory(f, a, 30) for f, a in zip(frames, actions)]
     ref = enc(torch.stack([f for f, _ in padded]), torch.stack([a for _, a in padded]))  # (3, 30, width)
     calls = []
     policy.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    got = enc.padded(frames, actions, 30, pad)
+    got = enc.padded(frames, actions, 30)
     assert calls == [sum(lengths), 1]  # the real frames, then the black frame once
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     # Embeddings a rollout kept give the same, with no frame encoded but the black one.
     z = [policy.encode(f) for f in frames]
     calls.clear()
-    torch.testing.assert_close(enc.padded(frames, actions, 30, pad, z=z), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.padded(frames, actions, 30, z=z), ref, atol=1e-5, rtol=0)
     assert calls == [1]
     r = RandomEncoder(64, 16, seed=1)
-    assert torch.equal(r.padded(frames, actions, 30, pad), r(torch.stack([f for f, _ in padded])))
+    assert torch.equal(r.padded(frames, actions, 30), r(torch.stack([f for f, _ in padded])))
     with pytest.raises(ValueError, match="longer than the reward model's horizon 10"):
-        enc.padded(frames, actions, 10, pad)
+        enc.padded(frames, actions, 10)
     with pytest.raises(ValueError, match="trajectory 1: 11 frames for 12 actions"):
-        enc.padded([frames[0], frames[1][:11]], actions[:2], 30, pad)
+        enc.padded([frames[0], frames[1][:11]], actions[:2], 30)
 
 
 def test_ensemble_scores_its_members_mean_and_round_trips(tmp_path):

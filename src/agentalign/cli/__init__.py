@@ -135,7 +135,7 @@ def data_generate(
     out: Path = typer.Argument(..., help="Store directory to create, or to resume filling."),
     preset: str = typer.Option("pretrain", help="pretrain | finetune | smoke-pretrain | smoke-finetune"),
     episodes: Optional[int] = typer.Option(None, help="Override the preset's episode count."),
-    size: Optional[int] = typer.Option(None, help="Override the image size (square)."),
+    size: int = typer.Option(64, help="Square image size (128: the paper's)."),
     seed: Optional[int] = typer.Option(None, help="Override the dataset seed."),
     num_envs: Optional[int] = typer.Option(None, help="Worlds recorded together."),
 ) -> None:
@@ -146,7 +146,7 @@ def data_generate(
 
     from agentalign.players.generate import generate, preset as get_preset
 
-    overrides = {k: v for k, v in dict(episodes=episodes, size=size, seed=seed, num_envs=num_envs).items() if v is not None}
+    overrides = {k: v for k, v in dict(episodes=episodes, seed=seed, num_envs=num_envs).items() if v is not None}
     cfg = checked(get_preset, preset, **overrides)
     start = time.perf_counter()
     with tqdm(total=cfg.episodes, unit="ep", desc=f"generate {preset}", disable=None) as bar:
@@ -154,7 +154,7 @@ def data_generate(
             bar.n = k
             bar.refresh()
 
-        summary = checked(generate, out, cfg, progress)
+        summary = checked(generate, out, cfg, progress, size=size)
     dt = time.perf_counter() - start
     typer.echo(f"{out}: {summary['episodes']} episodes ({summary['written']} new, {summary['frames']} frames "
                f"in {dt:.1f} s, {summary['frames'] / max(dt, 1e-9):.0f} frames/s)")  # fmt: skip

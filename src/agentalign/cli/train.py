@@ -4,9 +4,10 @@
     agentalign sft --data runs/curated --out runs/sft --init runs/base [--set steps=800]
     agentalign sft --data runs/curated --out runs/scratch --scratch
 
-The config is built in layers: the preset (`--preset`, default pretrain / sft / scratch), the
-model preset (`--model`), the init checkpoint's model config (sft --init), the TOML file, then
-each `--set key=value`. Every key and value is checked before any work starts. Mount with
+The BC settings are built in layers: the preset (`--preset`, default pretrain / sft / scratch), the
+TOML file, then each `--set key=value`. A fresh model (pretrain, sft --scratch) is the `--model`
+preset adjusted by the file's `[model]` table and `--set model.KEY=...`; with `--init` the model
+is the checkpoint's. Every key and value is checked before any work starts. Mount with
 `register(app)`.
 """
 
@@ -17,70 +18,65 @@ from typing import Optional
 
 import typer
 
-from agentalign.cli.common import fail
+from agentalign.cli.common import checked, fail
 
 _SET_HELP = "Override a config key, e.g. --set lr=1e-4 --set model.dropout=0.1 (repeatable)."
+_MODEL_HELP = "Model preset: cpu | tiny | 4m | 25m | paper-103m (default: cpu; tiny with --preset smoke)."
 
 
-def _checked(fn, *args, **kwargs):
-    """Run fn, turning ValueError (bad input, ConfigError included) into a clean CLI error."""
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as e:
-        fail(str(e))
-
-
-def _build_config(preset: str, data: Path, config: Optional[Path], overrides: list[str], model: Optional[str],
-                  init: Optional[Path] = None):  # fmt: skip
+def _configs(preset: str, config: Optional[Path], overrides: list[str], model: Optional[str], fresh: bool):
+    """(BCConfig, PolicyConfig of a fresh model or None) from the preset, the file and the overrides."""
     from dataclasses import replace
 
     from agentalign.config import build_config, load_toml
-    from agentalign.models.config import model_preset
-    from agentalign.train.bc import bc_preset
+    from agentalign.models.config import PolicyConfig, model_preset
+    from agentalign.train.bc import BCConfig, bc_preset
 
-    base = bc_preset(preset)
-    if model is not None:
-        m = model_preset(model)
-        # A smaller context than the preset's window: shorten the window with it rather than fail.
-        base = replace(base, model=m, window=min(base.window, m.context))
-    if init is not None:
-        base = base.with_init(init)
     table = load_toml(config) if config is not None else {}
-    for key in ("data", "init"):  # given on the command line, where they are checked
-        if key in table:
-            raise ValueError(f"{config}: set {key} with --{key} on the command line, not in the config file")
-    cfg = build_config(type(base), table, overrides, base=base)
-    return replace(cfg, data=str(data))
+    model_table = table.pop("model", {})
+    model_sets = [o.strip()[len("model."):] for o in overrides if o.strip().startswith("model.")]
+    bc_sets = [o for o in overrides if not o.strip().startswith("model.")]
+    base = bc_preset(preset)
+    if not fresh:
+        if model_table or model_sets:
+            raise ValueError("model: with --init the model is the checkpoint's; model keys apply to a fresh model")
+        return build_config(BCConfig, table, bc_sets, base=base), None
+    m = model_preset(model or ("tiny" if preset == "smoke" else "cpu"))
+    # A model whose context is shorter than the preset's window: shorten the window with it rather than fail.
+    base = replace(base, window=min(base.window, m.context))
+    m = build_config(PolicyConfig, model_table, model_sets, base=m, prefix="model.")
+    return build_config(BCConfig, table, bc_sets, base=base), m
 
 
-def _run(cfg, out: Path, progress: bool) -> None:
+def _run(preset: str, data: Path, out: Path, config: Optional[Path], overrides: list[str], model: Optional[str],
+         init: Optional[Path], progress: bool) -> None:  # fmt: skip
     from agentalign.train.bc import train_bc
 
-    summary = _checked(train_bc, cfg, out, progress)
+    cfg, fresh_model = checked(_configs, preset, config, overrides, model, fresh=init is None)
+    summary = checked(train_bc, cfg, data, out, model=fresh_model, init=init, stage=preset, progress=progress)
     loss, acc = summary.get("final_loss"), summary.get("final_accuracy")
     loss_s = f"{loss:.4f}" if loss is not None else "n/a"
     acc_s = f"{acc:.3f}" if acc is not None else "n/a"
     if summary.get("already_finished"):
-        typer.echo(f"{out}: already finished ({cfg.stage}, {summary['steps']} steps): final loss {loss_s}, "
+        typer.echo(f"{out}: already finished ({summary['stage']}, {summary['steps']} steps): final loss {loss_s}, "
                    f"accuracy {acc_s}, trained in {summary['seconds']:.1f} s")  # fmt: skip
         return
     resumed = f", resumed from step {summary['resumed_from']}" if summary["resumed_from"] else ""
-    typer.echo(f"{out}: {cfg.stage} {summary['steps']} steps{resumed}: final loss {loss_s}, accuracy {acc_s}, "
+    typer.echo(f"{out}: {summary['stage']} {summary['steps']} steps{resumed}: final loss {loss_s}, accuracy {acc_s}, "
                f"{summary['seconds']:.1f} s ({summary['frames_per_s']:.0f} frames/s)")  # fmt: skip
 
 
 def pretrain(
     data: Path = typer.Option(..., "--data", help="Episode store to imitate (agentalign data generate)."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoint, metrics, run config. Re-run to resume."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of BCConfig keys."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of BCConfig keys (and a [model] table)."),
     overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
     preset: str = typer.Option("pretrain", help="pretrain | sft | scratch | preference | smoke"),
-    model: Optional[str] = typer.Option(None, help="Model preset: cpu | tiny | 4m | 25m | paper-103m (default: the preset's)."),
+    model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Imitation pre-training on a large, unfiltered gameplay set (paper §3.2)."""
-    cfg = _checked(_build_config, preset, data, config, overrides, model)
-    _run(cfg, out, progress)
+    _run(preset, data, out, config, overrides, model, None, progress)
 
 
 def sft(
@@ -88,10 +84,10 @@ def sft(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoint, metrics, run config. Re-run to resume."),
     init: Optional[Path] = typer.Option(None, "--init", help="Pre-trained checkpoint folder to fine-tune."),
     scratch: bool = typer.Option(False, "--scratch", help="Train from scratch instead (the paper's figure 5 baseline)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of BCConfig keys."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of BCConfig keys (and a [model] table with --scratch)."),
     overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
     preset: Optional[str] = typer.Option(None, help="Default: sft with --init, scratch with --scratch."),
-    model: Optional[str] = typer.Option(None, help="Model preset with --scratch (with --init the checkpoint's)."),
+    model: Optional[str] = typer.Option(None, help="With --scratch: " + _MODEL_HELP + " With --init: the checkpoint's."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Supervised fine-tuning on curated demonstrations (paper §3.3), or the from-scratch baseline."""
@@ -99,11 +95,7 @@ def sft(
         fail("give exactly one of --init PRETRAINED_DIR or --scratch")
     if init is not None and model is not None:
         fail("--model applies to --scratch only; with --init the model is the checkpoint's")
-    name = preset or ("sft" if init is not None else "scratch")
-    cfg = _checked(_build_config, name, data, config, overrides, model, init)
-    if init is None and cfg.init is not None:
-        fail("--scratch trains from scratch, but the config sets init; drop one")
-    _run(cfg, out, progress)
+    _run(preset or ("sft" if init is not None else "scratch"), data, out, config, overrides, model, init, progress)
 
 
 def register(app: typer.Typer) -> None:

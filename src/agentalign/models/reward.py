@@ -6,13 +6,6 @@
       -> concatenated                                                    (300,)
       -> trajectory MLP (300 -> 256 -> 1, GELU)                          scalar r
 
-Or, with `head="sum"` (a departure, off by default), a per-step reward summed over the horizon as
-in Christiano et al. (2017): step MLP (E -> 256 -> 1) per step, r = sum over t. The paper's
-concatenation gives every step position its own weights, so it learns "the right pad seen at step
-44" apart from "at step 59" and memorises its few hundred training trajectories; the sum scores a
-view the same wherever it falls. On SkyGarden it ranked the aligned agent's episodes better and the
-SFT agent's worse, and moved no final agent up (RESULTS.md, twelfth session).
-
 `RewardEnsemble` (a departure, `reward.ensemble` = K): K such models from other seeds, scoring the
 mean of their normalised rewards; saved in one checkpoint with `members` = K in its config.json.
 
@@ -37,14 +30,14 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from agentalign.envs import gamepad
-from agentalign.models.policy import Policy, read_checkpoint_config
+from agentalign.models.policy import CHECKPOINT_SCHEMA, Policy, read_checkpoint_config
 from agentalign.io import atomic_save_safetensors, atomic_write_json
 
 HORIZON = 100  # the paper pads every trajectory to the 100-step evaluation limit
-REWARD_HEADS = ("concat", "sum")
+# Settings older checkpoints record, at the only value this code implements (the others were removed).
+_FIXED_SETTINGS = {"head": "concat", "pad": "black"}
 
 
 @dataclass(frozen=True)
@@ -52,28 +45,19 @@ class RewardModelConfig:
     encoder: Literal["agent", "random"]
     embed_dim: int  # E: policy width (agent) or 512 (random)
     horizon: int = HORIZON
-    pad: str = "black"  # how trajectories shorter than the horizon are padded (see pad_trajectory)
     step_hidden: int = 256
     step_out: int = 3
     traj_hidden: int = 256
-    # "concat": the paper's trajectory MLP over the concatenated steps; "sum": per-step rewards summed.
-    head: Literal["concat", "sum"] = "concat"
-
-    def __post_init__(self) -> None:
-        if self.head not in REWARD_HEADS:
-            raise ValueError(f"reward-model head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}")
 
 
 class RewardModel(nn.Module):
     def __init__(self, cfg: RewardModelConfig):
         super().__init__()
         self.cfg = cfg
-        step_out = 1 if cfg.head == "sum" else cfg.step_out
         self.step_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.step_hidden), nn.GELU(),
-                                      nn.Linear(cfg.step_hidden, step_out))  # fmt: skip
-        if cfg.head == "concat":
-            self.traj_mlp = nn.Sequential(nn.Linear(cfg.horizon * cfg.step_out, cfg.traj_hidden), nn.GELU(),
-                                          nn.Linear(cfg.traj_hidden, 1))  # fmt: skip
+                                      nn.Linear(cfg.step_hidden, cfg.step_out))  # fmt: skip
+        self.traj_mlp = nn.Sequential(nn.Linear(cfg.horizon * cfg.step_out, cfg.traj_hidden), nn.GELU(),
+                                      nn.Linear(cfg.traj_hidden, 1))  # fmt: skip
         # Min-max bounds over the training trajectories, set after training.
         self.register_buffer("r_min", torch.tensor(0.0))
         self.register_buffer("r_max", torch.tensor(1.0))
@@ -82,10 +66,7 @@ class RewardModel(nn.Module):
         """(B, horizon, E) embeddings -> (B,) raw rewards."""
         if emb.shape[1:] != (self.cfg.horizon, self.cfg.embed_dim):
             raise ValueError(f"embeddings must be (B, {self.cfg.horizon}, {self.cfg.embed_dim}), got {tuple(emb.shape)}")
-        per_step = self.step_mlp(emb)  # (B, horizon, 1 or step_out)
-        if self.cfg.head == "sum":
-            return per_step.squeeze(-1).sum(1)
-        return self.traj_mlp(per_step.flatten(1)).squeeze(-1)
+        return self.traj_mlp(self.step_mlp(emb).flatten(1)).squeeze(-1)  # step_mlp: (B, horizon, step_out)
 
     def set_normalisation(self, raw: torch.Tensor) -> None:
         lo, hi = raw.min().detach(), raw.max().detach()
@@ -108,11 +89,8 @@ class RewardModel(nn.Module):
 
 
 class RewardEnsemble(nn.Module):
-    """Reward models trained alike from other seeds, scoring the mean of their normalised rewards.
-
-    One model's ranking of the aligned agent's episodes moves with its training seed (the spawn-3 AUC
-    of three seeds on the same labels: 0.75 / 0.82 / 0.93, RESULTS.md, twentieth session), and ReST
-    clones whatever it ranks first; the mean of several ranks more steadily (twenty-first session).
+    """Reward models trained alike from other seeds, scoring the mean of their normalised rewards:
+    one model's ranking of the aligned agent's episodes moves with its seed, the mean less.
     Its output is already in [0, 1], so `normalised` is the forward pass."""
 
     def __init__(self, members: list[RewardModel]):
@@ -134,7 +112,6 @@ class RewardEnsemble(nn.Module):
 
 
 def _save_reward(model: nn.Module, directory: str | Path, **info) -> Path:
-    from agentalign.models.policy import CHECKPOINT_SCHEMA
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -150,7 +127,12 @@ def load_reward_model(directory: str | Path) -> tuple[RewardModel | RewardEnsemb
 
     d = Path(directory)
     meta = read_checkpoint_config(d, kind="reward")
-    cfg = RewardModelConfig(**meta["reward_model"])
+    fields = dict(meta["reward_model"])
+    for key, only in _FIXED_SETTINGS.items():
+        if fields.pop(key, only) != only:
+            raise ValueError(f"{d}: a reward model with {key}={meta['reward_model'][key]!r}, an option that was "
+                             f"removed; retrain it (only {key}={only!r} remains)")  # fmt: skip
+    cfg = RewardModelConfig(**fields)
     k = int(meta.get("members", 1))
     model = RewardEnsemble([RewardModel(cfg) for _ in range(k)]) if k > 1 else RewardModel(cfg)
     model.load_state_dict(load_file(d / "model.safetensors"))
@@ -164,37 +146,25 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     return h.hexdigest()
 
 
-PAD_MODES = ("black", "last")
 _NOOP = torch.as_tensor(gamepad.noop_action())  # (16,) int64: the padding's action
 
 
-def pad_steps(x: torch.Tensor, horizon: int, fill: torch.Tensor, repeat_last: bool = False) -> torch.Tensor:
-    """(T, ...) -> (horizon, ...): `fill` (...) after step T, or x[T-1] repeated with `repeat_last`
-    (`fill` still where T = 0)."""
+def pad_steps(x: torch.Tensor, horizon: int, fill: torch.Tensor) -> torch.Tensor:
+    """(T, ...) -> (horizon, ...): `fill` (...) after step T."""
     t = x.shape[0]
     if t > horizon:
         raise ValueError(f"trajectory of {t} steps is longer than the reward model's horizon {horizon}")
     out = fill.to(x.dtype).expand(horizon, *fill.shape).clone()
     out[:t] = x
-    if repeat_last and 0 < t < horizon:
-        out[t:] = x[t - 1]
     return out
 
 
-def _check_pad(pad: str) -> None:
-    if pad not in PAD_MODES:
-        raise ValueError(f"unknown reward-model padding {pad!r}; choose one of {', '.join(PAD_MODES)}")
-
-
-def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor, horizon: int = HORIZON,
-                   pad: str = "black") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(T, H, W, 3), (T, 16) -> (horizon, H, W, 3), (horizon, 16) with no-op actions after T.
-
-    pad="black" fills with black frames (appendix C.3); "last" repeats the final frame, so the
-    padding does not mark where a trajectory ended (black padding shows any encoder its length)."""
-    _check_pad(pad)
+def pad_trajectory(frames: torch.Tensor, actions: torch.Tensor,
+                   horizon: int = HORIZON) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(T, H, W, 3), (T, 16) -> (horizon, H, W, 3), (horizon, 16): black frames and no-op actions
+    after T (appendix C.3)."""
     black = torch.zeros(frames.shape[1:], dtype=torch.uint8)
-    return pad_steps(frames, horizon, black, pad == "last"), pad_steps(actions, horizon, _NOOP)
+    return pad_steps(frames, horizon, black), pad_steps(actions, horizon, _NOOP)
 
 
 class AgentEncoder:
@@ -215,13 +185,12 @@ class AgentEncoder:
 
     @torch.inference_mode()
     def padded(self, frames: list[torch.Tensor], actions: list[torch.Tensor], horizon: int = HORIZON,
-               pad: str = "black", z: list[torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+               z: list[torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
         """Trajectories as `pad_trajectory` pads them -> (B, horizon, width), with each distinct
-        frame encoded once: the padding repeats one frame (black, or the last), whose embedding
-        is repeated instead of re-encoded, which halves the encoder's work on ~50-step episodes.
+        frame encoded once: the padding repeats the black frame, whose embedding is repeated
+        instead of re-encoded, which halves the encoder's work on ~50-step episodes.
         frames[i] (T_i, H, W, 3) uint8, actions[i] (T_i, 16); z[i] (T_i, width), optional: the
         frames' embeddings already computed by this policy's (frozen) encoder, as a rollout does."""
-        _check_pad(pad)
         if not actions:
             return torch.zeros(0, horizon, self.dim)
         for i, (f, a) in enumerate(zip(z if z is not None else frames, actions)):
@@ -231,7 +200,7 @@ class AgentEncoder:
             z = self.policy.encode(torch.cat(frames)).split([len(a) for a in actions])  # (T_i, width) each
         side = self.policy.cfg.image_size
         black = self.policy.encode(torch.zeros((1, side, side, 3), dtype=torch.uint8))[0]  # (width,)
-        zp = torch.stack([pad_steps(zi, horizon, black, pad == "last") for zi in z])  # (B, horizon, width)
+        zp = torch.stack([pad_steps(zi, horizon, black) for zi in z])  # (B, horizon, width)
         ap = torch.stack([pad_steps(ai, horizon, _NOOP) for ai in actions])  # (B, horizon, 16)
         return windowed_transformer(self.policy, zp, ap)
 
@@ -281,12 +250,11 @@ class RandomEncoder:
         x = frames.reshape(*frames.shape[:2], -1).float() / 255.0
         return x @ self.weight
 
-    def padded(self, frames: list[torch.Tensor], actions: list[torch.Tensor], horizon: int = HORIZON,
-               pad: str = "black") -> torch.Tensor:  # fmt: skip
+    def padded(self, frames: list[torch.Tensor], actions: list[torch.Tensor], horizon: int = HORIZON) -> torch.Tensor:
         """As `AgentEncoder.padded`: (B, horizon, dim). A projection costs little; no shortcut."""
         if not frames:
             return torch.zeros(0, horizon, self.dim)
-        return self(torch.stack([pad_trajectory(f, a, horizon, pad)[0] for f, a in zip(frames, actions)]))
+        return self(torch.stack([pad_trajectory(f, a, horizon)[0] for f, a in zip(frames, actions)]))
 
 
 def check_reward_matches(reward_dir: str | Path, reference_dir: str | Path, meta: dict | None = None) -> dict:
@@ -311,12 +279,4 @@ def load_encoder(kind: str, policy_dir: str | Path | None, image_size: int, seed
     if kind == "random":
         return RandomEncoder(image_size, dim, seed)
     raise ValueError(f"unknown reward encoder {kind!r}; choose 'agent' or 'random'")
-
-
-def bt_loss(r_i: torch.Tensor, r_j: torch.Tensor, p_i: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry negative log-likelihood (paper eq. 1), mean over pairs.
-
-    r_i, r_j: (P,) rewards; p_i: (P,) probability that i is preferred (1, 0, or 0.5 for a tie)."""
-    d = r_i - r_j
-    return -(p_i * F.logsigmoid(d) + (1 - p_i) * F.logsigmoid(-d)).mean()
 

@@ -1,32 +1,30 @@
-"""The pipeline's config: one typed dataclass per stage, TOML presets that extend one another,
-and `--set key=value` overrides, all checked before any work starts."""
+"""The pipeline's config: one typed dataclass per stage (each defined beside the code it
+configures), TOML presets that extend one another (configs/NAME.toml, `extends = "cpu"`), and
+`--set key=value` overrides, all checked before any work starts. `agentalign config keys` lists
+every key.
 
+The pipeline fills in what one stage takes from another — the model and its image size, the
+stores a stage reads, the checkpoint it starts from — so none of those is a key a user could set
+and see overwritten. `seed` seeds every stage unless a stage's own `seed` is given.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import shutil
-import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
+from agentalign.config import ConfigError, build_config, given_table, load_toml, merge_tables
 from agentalign.envs.skygarden import world as W
 from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
 from agentalign.players.generate import GenerateConfig, preset as data_preset
+from agentalign.train.align import AlignConfig
 from agentalign.train.bc import BCConfig, bc_preset
-from agentalign.io import atomic_write_json, json_safe
 from agentalign.train.dpo import DPOConfig
-from agentalign.train.preference_ft import PreferenceFTConfig
-from agentalign.train.reinforce import ReinforceConfig
+from agentalign.train.rest import PreferenceFTConfig
 from agentalign.train.reward import RewardTrainConfig
 
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package: works installed too
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # shipped inside the package: works installed too
 
 
 @dataclass(frozen=True)
@@ -49,29 +47,8 @@ class DeployStageConfig:
     temperature: float | None = 0.3  # None: no deployment evaluation
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
-            raise ValueError(f"temperature must lie in (0, 1] or be none, got {t!r}")
-
-
-@dataclass(frozen=True)
-class RefreshStageConfig:
-    """A second reward-model round before online alignment, as appendix A allows ("steps 3-5 can
-    be repeated to generate new preferences"): the preference-fine-tuned agent plays
-    `rollout_episodes` episodes, the same labeller compares `train` of them, and REINFORCE follows
-    the reward model trained on those comparisons (still on the SFT agent's frozen encoder). The
-    first reward model learnt from the SFT agent's play, where the target pad is rare; this one
-    ranks the behaviours alignment actually starts from."""
-
-    enabled: bool = False
-    rollout_episodes: int | None = None  # None: the first round's (prefs.rollout_episodes)
-    train: int | None = None  # labelled for training, the rest held out; None: prefs.train
-    seed_offset: int = 11  # episode seeds apart from the other rollouts' (the pipeline seed + 0, 1, 2)
-
-    def sizes(self, prefs: "PrefsStageConfig") -> tuple[int, int]:
-        """(rollout episodes, training trajectories), the first round's where not set."""
-        return (prefs.rollout_episodes if self.rollout_episodes is None else self.rollout_episodes,
-                prefs.train if self.train is None else self.train)  # fmt: skip
+        if self.temperature is not None and not 0 < self.temperature <= 1:
+            raise ValueError(f"temperature must lie in (0, 1] or be none, got {self.temperature!r}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +120,7 @@ def size_model(main: PolicyConfig, preset: str) -> PolicyConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    target: str = "left"
+    target: str = "left"  # the pad the designer wants: the labeller's preference, the logged success
     seed: int = 0
     model: PolicyConfig = field(default_factory=lambda: model_preset("cpu"))
     data_pretrain: GenerateConfig = field(default_factory=lambda: data_preset("pretrain"))
@@ -157,8 +134,7 @@ class PipelineConfig:
     reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     sweep: SweepStageConfig = field(default_factory=SweepStageConfig)
     pft: PreferenceFTConfig = field(default_factory=PreferenceFTConfig)
-    refresh: RefreshStageConfig = field(default_factory=RefreshStageConfig)
-    align: ReinforceConfig = field(default_factory=ReinforceConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)  # hashed by no main stage
 
@@ -167,10 +143,6 @@ class PipelineConfig:
         if self.prefs.train >= self.prefs.rollout_episodes - 1:
             raise ValueError(f"prefs.train ({self.prefs.train}) must leave held-out trajectories of the "
                              f"{self.prefs.rollout_episodes} rollouts")  # fmt: skip
-        episodes, train = self.refresh.sizes(self.prefs)
-        if self.refresh.enabled and not 2 <= train < episodes - 1:
-            raise ValueError(f"refresh: train ({train}) must lie in 2..{episodes - 2}: labelled trajectories, "
-                             f"with some of the {episodes} rollouts held out")  # fmt: skip
         r = self.reproduce
         if not r.enabled:
             return
@@ -229,7 +201,11 @@ def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None
         else:
             rest.append(o)
     base = PipelineConfig(model=model_preset(name))
-    cfg = build_config(PipelineConfig, table, rest, base=base)
+    try:
+        cfg = build_config(PipelineConfig, table, rest, base=base)
+    except ConfigError as e:  # name where the bad key or value was given
+        from_set = any(o.split("=", 1)[0].strip() in str(e) for o in rest)
+        raise ConfigError(f"{'--set' if from_set else _source(preset)}: {e}") from None
     given = given_table(table, rest)
 
     def seed(stage: str, offset: int = 0) -> int:
@@ -238,17 +214,12 @@ def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None
         own = given.get(stage)
         return getattr(cfg, stage).seed if isinstance(own, dict) and "seed" in own else cfg.seed + offset
 
-    # One model and one image size for every stage; the target pad everywhere it matters.
-    size = cfg.model.image_size
-    return replace(
-        cfg,
-        data_pretrain=replace(cfg.data_pretrain, size=size, seed=seed("data_pretrain")),
-        data_finetune=replace(cfg.data_finetune, size=size, seed=seed("data_finetune", 1)),
-        pretrain=replace(cfg.pretrain, model=cfg.model, seed=seed("pretrain")),
-        scratch=replace(cfg.scratch, model=cfg.model, seed=seed("scratch")),
-        sft=replace(cfg.sft, model=cfg.model, seed=seed("sft")),
-        reward=replace(cfg.reward, seed=seed("reward")),
-        pft=replace(cfg.pft, seed=seed("pft")),
-        align=replace(cfg.align, target=cfg.target, seed=seed("align")),
-        dpo=replace(cfg.dpo, seed=seed("dpo")),
-    )
+    stages = ("data_pretrain", "pretrain", "scratch", "sft", "reward", "pft", "align", "dpo")
+    return replace(cfg, data_finetune=replace(cfg.data_finetune, seed=seed("data_finetune", 1)),
+                   **{s: replace(getattr(cfg, s), seed=seed(s)) for s in stages})  # fmt: skip
+
+
+def _source(preset: str | Path) -> str:
+    """The file a preset name stands for, to name in an error."""
+    path = Path(preset)
+    return str(path if path.suffix else CONFIG_DIR / f"{preset}.toml")

@@ -1,32 +1,31 @@
 """The stage graph: which stages a config asks for, what each reads, what its hash covers, and its
-one-line headline (the variants of `reproduce` included)."""
+one-line headline (the variants of `reproduce` included).
 
+    data_pretrain -> pretrain --------------------------> eval_base
+    data_finetune -> sft (from pretrain) ---------------> eval_sft
+                  -> scratch (the paper's baseline) ----> eval_scratch
+    sft -> rollouts -> prefs (synthetic, target pad) -> reward (agent encoder) ; sweep (figure 7)
+        -> pft (preference fine-tuning: ReST) -> align (ReST rounds, sharpen; REINFORCE if asked)
+        -> eval_pft, eval_align, eval_deploy
+        -> dpo (offline, from the preferences) -> eval_dpo
+    [reproduce] prefs_PAD -> reward_PAD_SET -> pft_PAD_SET -> align_PAD_SET_[no]pft_sK -> eval_align_...
+                size_PRESET_{pretrain,sft,scratch,eval_sft,eval_scratch}   (figures 8, 9, 12; app. I)
+    -> report (report.html, results.json)
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import shutil
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
-from agentalign.envs.skygarden import world as W
-from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
-from agentalign.players.generate import GenerateConfig, preset as data_preset
-from agentalign.train.bc import BCConfig, bc_preset
-from agentalign.io import atomic_write_json, json_safe
-from agentalign.train.dpo import DPOConfig
-from agentalign.train.preference_ft import PreferenceFTConfig
-from agentalign.train.reinforce import ReinforceConfig
-from agentalign.train.reward import RewardTrainConfig
+from agentalign.config import config_to_dict
+from agentalign.models import PolicyConfig
+from agentalign.pipeline import stages as F
+from agentalign.pipeline.config import PipelineConfig, size_model
 
-
-# ---- stages ------------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from agentalign.pipeline.runner import Run
 
 
 @dataclass
@@ -41,41 +40,41 @@ class Stage:
     redo_when_stale: bool = False
 
 
-def _stages(cfg: PipelineConfig) -> list[Stage]:
-    from agentalign.pipeline_stages import STAGE_FUNCTIONS as F
-
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """Every stage of a run with config `cfg`, in the order they run."""
     ev = cfg.eval
     stages = [
-        Stage("data_pretrain", (), cfg.data_pretrain, F["data_pretrain"], lambda r: f"{r['episodes']} episodes"),
-        Stage("data_finetune", (), cfg.data_finetune, F["data_finetune"], lambda r: f"{r['episodes']} episodes"),
-        Stage("pretrain", ("data_pretrain",), cfg.pretrain, F["pretrain"], _loss_line),
-        Stage("sft", ("pretrain", "data_finetune"), cfg.sft, F["sft"], _loss_line),
-        Stage("scratch", ("data_finetune",), cfg.scratch, F["scratch"], _loss_line),
-        Stage("eval_base", ("pretrain",), ev, F["eval_base"], _eval_line),
-        Stage("eval_sft", ("sft",), ev, F["eval_sft"], _eval_line),
-        Stage("eval_scratch", ("scratch",), ev, F["eval_scratch"], _eval_line),
+        Stage("data_pretrain", (), {"data": config_to_dict(cfg.data_pretrain), "size": cfg.model.image_size},
+              F.STAGE_FUNCTIONS["data_pretrain"], lambda r: f"{r['episodes']} episodes"),
+        Stage("data_finetune", (), {"data": config_to_dict(cfg.data_finetune), "size": cfg.model.image_size},
+              F.STAGE_FUNCTIONS["data_finetune"], lambda r: f"{r['episodes']} episodes"),
+        Stage("pretrain", ("data_pretrain",), _bc_config(cfg.pretrain, cfg.model), F.STAGE_FUNCTIONS["pretrain"], _loss_line),
+        Stage("sft", ("pretrain", "data_finetune"), _bc_config(cfg.sft), F.STAGE_FUNCTIONS["sft"], _loss_line),
+        Stage("scratch", ("data_finetune",), _bc_config(cfg.scratch, cfg.model), F.STAGE_FUNCTIONS["scratch"], _loss_line),
+        Stage("eval_base", ("pretrain",), ev, F.STAGE_FUNCTIONS["eval_base"], _eval_line),
+        Stage("eval_sft", ("sft",), ev, F.STAGE_FUNCTIONS["eval_sft"], _eval_line),
+        Stage("eval_scratch", ("scratch",), ev, F.STAGE_FUNCTIONS["eval_scratch"], _eval_line),
         # Only what the rollouts depend on: a new train/test split relabels them, it does not replay them.
         Stage("rollouts", ("sft",), {"rollout_episodes": cfg.prefs.rollout_episodes, "temperature": cfg.prefs.temperature},
-              F["rollouts"], lambda r: f"{r['episodes']} trajectories"),  # fmt: skip
-        Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F["prefs"], _prefs_line),
-        Stage("reward", ("prefs",), cfg.reward, F["reward"], _reward_line),
-        Stage("pft", ("reward",), cfg.pft, F["pft"], _pft_line),
-        *_refresh_stages(cfg),
-        Stage("align", ("pft", "reward_pft") if cfg.refresh.enabled else ("pft",), cfg.align, F["align"],
-              partial(_align_line, cfg.target)),  # fmt: skip
-        Stage("dpo", ("prefs",), cfg.dpo, F["dpo"], lambda r: r.get("skipped") or f"pair accuracy {_pct(r.get('dpo/accuracy'))}"),
-        Stage("eval_pft", ("pft",), ev, F["eval_pft"], _eval_line),
-        Stage("eval_align", ("align",), ev, F["eval_align"], _eval_line),
-        *([Stage("eval_deploy", ("align",), replace(ev, temperature=cfg.deploy.temperature), F["eval_deploy"],
+              F.STAGE_FUNCTIONS["rollouts"], lambda r: f"{r['episodes']} trajectories"),  # fmt: skip
+        Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F.STAGE_FUNCTIONS["prefs"], _prefs_line),
+        Stage("reward", ("prefs",), cfg.reward, F.STAGE_FUNCTIONS["reward"], _reward_line),
+        Stage("pft", ("reward",), cfg.pft, F.STAGE_FUNCTIONS["pft"], _pft_line),
+        Stage("align", ("pft",), {"align": config_to_dict(cfg.align), "target": cfg.target}, F.STAGE_FUNCTIONS["align"],
+              partial(_align_line, cfg.target)),
+        Stage("dpo", ("prefs",), cfg.dpo, F.STAGE_FUNCTIONS["dpo"], lambda r: r.get("skipped") or f"pair accuracy {_pct(r.get('dpo/accuracy'))}"),
+        Stage("eval_pft", ("pft",), ev, F.STAGE_FUNCTIONS["eval_pft"], _eval_line),
+        Stage("eval_align", ("align",), ev, F.STAGE_FUNCTIONS["eval_align"], _eval_line),
+        *([Stage("eval_deploy", ("align",), replace(ev, temperature=cfg.deploy.temperature), F.STAGE_FUNCTIONS["eval_deploy"],
                  _eval_line)] if cfg.deploy.temperature is not None else []),  # fmt: skip
-        Stage("eval_dpo", ("dpo",), ev, F["eval_dpo"], _eval_line),
+        Stage("eval_dpo", ("dpo",), ev, F.STAGE_FUNCTIONS["eval_dpo"], _eval_line),
     ]
     if cfg.sweep.enabled:
         stages.insert(11, Stage("sweep", ("prefs",), {**config_to_dict(cfg.sweep), "reward": config_to_dict(cfg.reward)},
-                                F["sweep"], _sweep_line))  # fmt: skip
+                                F.STAGE_FUNCTIONS["sweep"], _sweep_line))  # fmt: skip
     if cfg.reproduce.enabled:
         stages += _reproduce_stages(cfg, {s.name for s in stages})
-    stages.append(Stage("report", tuple(s.name for s in stages), {}, F["report"], lambda r: r.get("path", ""),
+    stages.append(Stage("report", tuple(s.name for s in stages), {}, F.STAGE_FUNCTIONS["report"], lambda r: r.get("path", ""),
                         redo_when_stale=True))  # fmt: skip
     return stages
 
@@ -138,8 +137,6 @@ def reproduce_plan(cfg: PipelineConfig) -> tuple[list[AlignVariant], list[SizeVa
 def _reproduce_stages(cfg: PipelineConfig, main: set[str]) -> list[Stage]:
     """The stages of reproduce_plan that the main run does not already have, each a call of the
     same stage function as its main counterpart on other inputs."""
-    from agentalign import pipeline_stages as F
-
     r = cfg.reproduce
     # Variants are compared through their curves; a cheaper evaluation and no videos do for them.
     ev = replace(cfg.eval, episodes=r.eval_episodes or cfg.eval.episodes, videos=0)
@@ -166,44 +163,33 @@ def _reproduce_stages(cfg: PipelineConfig, main: set[str]) -> list[Stage]:
                     continue
                 start = pft if v.pft else "sft"
                 for k, (align, evaluation) in enumerate(v.runs):
-                    acfg = replace(cfg.align, target=t, seed=cfg.align.seed + k)  # seed 0: the main run's
-                    add(align, (start, reward), acfg, partial(F.online_align, name=align, start=start, reward=reward, cfg=acfg),
+                    acfg = replace(cfg.align, seed=cfg.align.seed + k)  # seed 0: the main run's
+                    add(align, (start, reward), {"align": acfg, "target": t},
+                        partial(F.online_align, name=align, start=start, reward=reward, cfg=acfg, target=t),
                         partial(_align_line, t))  # fmt: skip
                     add(evaluation, (align,), ev, partial(F.evaluation, name=evaluation, model=align, ev=ev), _eval_line)
     for size in sizes:
         s = size.stages
-        bc = {"pretrain": replace(cfg.pretrain, model=size.model), "sft": replace(cfg.sft, model=size.model),
-              "scratch": replace(cfg.scratch, model=size.model, init=None)}  # fmt: skip
-        add(s["pretrain"], ("data_pretrain",), bc["pretrain"],
-            partial(F.behaviour_clone, name=s["pretrain"], cfg=bc["pretrain"], data="data_pretrain"), _loss_line)
-        add(s["sft"], (s["pretrain"], "data_finetune"), bc["sft"],
-            partial(F.behaviour_clone, name=s["sft"], cfg=bc["sft"], data="data_finetune", init=s["pretrain"]), _loss_line)
-        add(s["scratch"], ("data_finetune",), bc["scratch"],
-            partial(F.behaviour_clone, name=s["scratch"], cfg=bc["scratch"], data="data_finetune"), _loss_line)
+        add(s["pretrain"], ("data_pretrain",), _bc_config(cfg.pretrain, size.model),
+            partial(F.behaviour_clone, name=s["pretrain"], cfg=cfg.pretrain, data="data_pretrain", model=size.model), _loss_line)
+        add(s["sft"], (s["pretrain"], "data_finetune"), _bc_config(cfg.sft),
+            partial(F.behaviour_clone, name=s["sft"], cfg=cfg.sft, data="data_finetune", init=s["pretrain"]), _loss_line)
+        add(s["scratch"], ("data_finetune",), _bc_config(cfg.scratch, size.model),
+            partial(F.behaviour_clone, name=s["scratch"], cfg=cfg.scratch, data="data_finetune", model=size.model), _loss_line)
         for model in ("sft", "scratch"):
             name = s[f"eval_{model}"]
             add(name, (s[model],), ev, partial(F.evaluation, name=name, model=s[model], ev=ev), _eval_line)
     return stages
 
 
+def _bc_config(bc: Any, model: PolicyConfig | None = None) -> dict:
+    """What a behaviour-cloning stage's hash covers: its settings, and the model where it starts a
+    fresh one (a stage starting from a checkpoint takes its model, which its dependency's hash covers)."""
+    return {"bc": config_to_dict(bc), **({"model": config_to_dict(model)} if model is not None else {})}
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _refresh_stages(cfg: PipelineConfig) -> list[Stage]:
-    from agentalign.pipeline_stages import STAGE_FUNCTIONS as F
-
-    f = cfg.refresh
-    if not f.enabled:
-        return []
-    episodes, train = f.sizes(cfg.prefs)
-    return [
-        Stage("rollouts_pft", ("pft",), {"episodes": episodes, "seed": cfg.seed + f.seed_offset,
-                                         "temperature": cfg.prefs.temperature}, F["rollouts_pft"],
-              lambda r: f"{r['episodes']} trajectories of the fine-tuned agent"),
-        Stage("prefs_pft", ("rollouts_pft",), {"target": cfg.target, "train": train}, F["prefs_pft"], _prefs_line),
-        Stage("reward_pft", ("prefs_pft",), cfg.reward, F["reward_pft"], _reward_line),
-    ]  # fmt: skip
 
 
 def _prefs_config(cfg: PipelineConfig, target: str) -> dict:
@@ -223,18 +209,20 @@ def _reward_line(r: dict) -> str:
 
 
 def _pft_line(r: dict) -> str:
-    return f"kept {r['kept']} trajectories"
+    return f"{len(r['rounds'])} ReST rounds, the last kept {r['kept']} trajectories ({r['kept_pads']})"
 
 
 def _align_line(target: str, r: dict) -> str:
-    line = f"{target} success {_pct(r.get('final_success'))} (last 5 batches)" if r.get("episodes") else "no REINFORCE"
-    if "polish" in r:
-        line += f", then cloned the best {r['polish']['kept']} of the last {r['polish']['ranked']} episodes"
-    for i, step in enumerate(s for s in ("rest", "sharpen") if s in r):
-        k = r[step].get("rounds", 1)
-        line += (f"{', and' if r.get('episodes') or i else ': cloned'} the best {r[step]['kept']} of {r[step]['ranked']} new at T = {r[step]['temperature']:g}"
-                 + (f" in {k} rounds" if k > 1 else ""))  # fmt: skip
-    return line
+    parts = []
+    if "reinforce" in r:
+        parts.append(f"REINFORCE {r['reinforce']['episodes']} episodes ({target} {_pct(r['reinforce']['final_success'])} "
+                     f"over the last 5 batches)")  # fmt: skip
+    for step in ("rest", "sharpen"):
+        if step in r:
+            s = r[step]
+            parts.append(f"{step} {s['rounds']} round{'s' if s['rounds'] > 1 else ''} at T = {s['temperature']:g}: "
+                         f"cloned {s['kept']} of {s['ranked']} ({target} {s['kept_pads'].get(target, 0)})")  # fmt: skip
+    return "; ".join(parts) + f"; {r['online_episodes']} online episodes"
 
 
 def _eval_line(r: dict) -> str:

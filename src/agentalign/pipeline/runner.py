@@ -1,51 +1,38 @@
-"""The whole method, chained and resumable: from nothing to an aligned agent and a report.
-
-    data_pretrain -> pretrain --------------------------> eval_base
-    data_finetune -> sft (from pretrain) ---------------> eval_sft
-                  -> scratch (the paper's baseline) ----> eval_scratch
-    sft -> rollouts -> prefs (synthetic, target pad) -> reward (agent encoder) ; sweep (figure 7)
-        -> pft (preference fine-tuning) -> align (REINFORCE) -> eval_pft, eval_align, eval_deploy
-           [refresh] pft -> rollouts_pft -> prefs_pft -> reward_pft -> align (a second reward model)
-        -> dpo (offline, from the preferences) -> eval_dpo
-    [reproduce] prefs_PAD -> reward_PAD_SET -> pft_PAD_SET -> align_PAD_SET_[no]pft_sK -> eval_align_...
-                size_PRESET_{pretrain,sft,scratch,eval_sft,eval_scratch}   (figures 8, 9, 12; app. I)
-    -> report (report.html, results.json)
+"""Running the stage graph (pipeline/plan.py): markers, hashes, resume, results.json.
 
 Every stage writes into its own folder under the run folder, with its resolved config, and marks
 itself done with `stage.json`: a hash of its config and of the stages it reads. Running the same
 command again skips done stages whose hash still matches; a stage that was interrupted runs again
-(data generation and behaviour cloning resume from their last durable episode or checkpoint);
+(data generation, behaviour cloning and the ReST rounds resume from what is durable on disk);
 `from_stage` reruns from a stage on. A done stage whose config changed is an error that names it,
 never silently overwritten (only the report, a summary of the others, is simply made again).
+Before the report, the runner writes results.json: every stage's headline figures and time, which
+the report reads (it never imports the pipeline).
 
 `reproduce` (off by default, `--reproduce`) adds the variants behind figures 8, 9 and 12 as stages
 of their own, reusing the main stages wherever the computation is the same; the main stages'
 hashes do not cover it, so turning it on keeps a finished run's stages.
 """
 
-
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from agentalign.config import ConfigError, build_config, config_to_dict, given_table, load_toml, merge_tables
-from agentalign.envs.skygarden import world as W
-from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
-from agentalign.players.generate import GenerateConfig, preset as data_preset
-from agentalign.train.bc import BCConfig, bc_preset
+import torch
+
+from agentalign.config import config_to_dict
 from agentalign.io import atomic_write_json, json_safe
-from agentalign.train.dpo import DPOConfig
-from agentalign.train.preference_ft import PreferenceFTConfig
-from agentalign.train.reinforce import ReinforceConfig
-from agentalign.train.reward import RewardTrainConfig
+from agentalign.models import Policy
+from agentalign.pipeline.config import PipelineConfig
+from agentalign.pipeline.plan import plan, reproduce_plan
 
 
 class Run:
@@ -54,7 +41,7 @@ class Run:
     def __init__(self, out: str | Path, cfg: PipelineConfig):
         self.out = Path(out)
         self.cfg = cfg
-        self.stages = _stages(cfg)
+        self.stages = plan(cfg)
         self.by_name = {s.name: s for s in self.stages}
 
     def dir(self, name: str) -> Path:
@@ -73,12 +60,31 @@ class Run:
         p = self.dir(name) / "stage.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
+    def write_results(self) -> Path:
+        """results.json: every finished stage's headline figures and seconds, and what the report
+        needs to know of the plan, so that the report reads a file rather than the pipeline."""
+        done = {s.name: self.marker(s.name) for s in self.stages if s.name != "report"}
+        done = {k: m for k, m in done.items() if m is not None}
+        reproduce = None
+        if self.cfg.reproduce.enabled:
+            variants, sizes = reproduce_plan(self.cfg)
+            reproduce = {"variants": [{"target": v.target, "comparisons": v.comparisons, "pft": v.pft, "label": v.label,
+                                       "runs": [list(r) for r in v.runs]} for v in variants],
+                         "sizes": [{"preset": z.preset, "parameters": Policy(z.model).num_parameters(), "stages": z.stages}
+                                   for z in sizes]}  # fmt: skip
+        path = self.out / "results.json"
+        atomic_write_json(path, {"target": self.cfg.target, "deploy_temperature": self.cfg.deploy.temperature,
+                                 "stages": {k: m["result"] for k, m in done.items()},
+                                 "seconds": {k: m["seconds"] for k, m in done.items()},
+                                 "total_seconds": float(sum(m["seconds"] for m in done.values())), "reproduce": reproduce})  # fmt: skip
+        return path
+
 
 def _plain(x: Any) -> Any:
-    try:
-        return config_to_dict(x)
-    except TypeError:
-        return x
+    """A stage's config as JSON data: dataclasses (also inside a dict) as plain dicts."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return config_to_dict(x) if dataclasses.is_dataclass(x) else x
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -171,10 +177,6 @@ def _disk_estimate(cfg: PipelineConfig) -> int:
 
 
 def machine_info() -> dict:
-    import os
-
-    import torch
-
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip

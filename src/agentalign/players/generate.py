@@ -38,7 +38,6 @@ from agentalign.players.population import (
 class GenerateConfig:
     episodes: int
     curated: bool = False  # True: skilled ninja demonstrations, successful only, cut at the pad
-    size: int = 64  # square observations; 128 is the paper's
     seed: int = 0
     num_envs: int = 64  # worlds stepped together; 64 keeps both cores busy in the renderer
     population: PopulationConfig = field(default_factory=PopulationConfig)
@@ -47,8 +46,6 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.episodes <= 0:
             raise ValueError(f"episodes must be positive, got {self.episodes}")
-        if self.size < 16:
-            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
         if self.num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {self.num_envs}")
         if self.curated and self.episodes % 3:
@@ -95,19 +92,22 @@ def _job(cfg: GenerateConfig, players, index: int, attempt: int) -> tuple[_Job, 
 
 
 def generate(path: str | Path, cfg: GenerateConfig, progress: Callable[[int, int], None] | None = None,
-             writer_config: WriterConfig | None = None) -> dict:  # fmt: skip
-    """Record `cfg.episodes` episodes into the store at `path`, resuming where it stopped.
+             writer_config: WriterConfig | None = None, size: int = 64) -> dict:  # fmt: skip
+    """Record `cfg.episodes` episodes of `size` x `size` frames (128: the paper's) into the store at
+    `path`, resuming where it stopped.
 
     Returns a summary (episodes written now, durable total, frames recorded, attempts).
     """
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
     players = sample_population(cfg.population, np.random.default_rng([cfg.seed, 2**31]))
-    with StoreWriter(path, image_size=(cfg.size, cfg.size), config=writer_config) as writer:
+    with StoreWriter(path, image_size=(size, size), config=writer_config) as writer:
         start = writer.num_durable
         if start > cfg.episodes:
             raise ValueError(f"{path} already holds {start} episodes, more than the {cfg.episodes} asked for")
         n = min(cfg.num_envs, cfg.episodes - start) or 1
         # Curated runs stop at the pad and at the evaluation limit; population runs go on.
-        batch = IslandBatch(n, cfg.size, cfg.size, [W.DEFAULT_CHARACTER] * n,
+        batch = IslandBatch(n, size, size, [W.DEFAULT_CHARACTER] * n,
                             max_steps=W.DEFAULT_MAX_STEPS if cfg.curated else cfg.population.max_length + 1,
                             terminate_on_pad=cfg.curated, target_pad=None)  # fmt: skip
         driver = PlayerDriver(n)

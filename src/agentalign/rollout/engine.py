@@ -181,15 +181,11 @@ def as_actor(policy_or_actor, cfg: RolloutConfig) -> Actor:
     return actor
 
 
-def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None,
-               spawn_of: Callable[[list[int]], Sequence[int]] | None = None) -> Iterator[list[Trajectory]]:  # fmt: skip
+def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None) -> Iterator[list[Trajectory]]:
     """Run `cfg.episodes` episodes, `cfg.num_envs` at a time; yield each wave's trajectories in
     episode order. Memory is bounded by one wave. Inference mode holds within a wave only, so a
-    caller may train between waves. `spawn_of(episode indices)`, called before each wave, picks
-    their spawns instead of `cfg.spawn` (a caller's curriculum over start states)."""
+    caller may train between waves."""
     actor = as_actor(policy_or_actor, cfg)
-    if spawn_of is not None and cfg.samples_per_start > 1:
-        raise ValueError("spawn_of picks each episode's spawn, samples_per_start > 1 shares one per group: choose one")
     size = int(actor.image_size)
     if size < 16:
         raise ValueError(f"the policy takes {size}x{size} frames; SkyGarden renders 16x16 or larger")
@@ -200,7 +196,7 @@ def iter_waves(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None =
     end = cfg.first_episode + cfg.episodes
     for start in range(cfg.first_episode, end, n_envs):
         episodes = list(range(start, min(start + n_envs, end)))
-        yield _run_wave(batch, actor, cfg, episodes, stats, spawn_of(episodes) if spawn_of is not None else cfg.spawn)
+        yield _run_wave(batch, actor, cfg, episodes, stats, cfg.spawn)
 
 
 def rollout(policy_or_actor, cfg: RolloutConfig, stats: RolloutStats | None = None,

@@ -1,1 +1,2 @@
-"""Training stages: one module per stage (bc, reward, preference_ft, reinforce, dpo) and common mechanics."""
+"""Training: one module per algorithm (bc, reward, rest, reinforce, align, dpo), the losses as pure
+functions (losses), and common mechanics (common)."""

@@ -8,7 +8,7 @@ actions of a window,
     L = -1/(N * 16) * sum_{(b,t): mask} sum_{i=1..16} log pi_i(a_{b,t,i} | o_{b,<=t}, a_{b,<t})
 
 the cross-entropy over all 16 action components (12 buttons, 4 stick axes of 11 bins), averaged
-over the N steps the window sampler keeps in the loss. Windows are `window` consecutive steps of
+over the N steps the window sampler keeps in the loss (agentalign.train.losses.bc_loss). Windows are `window` consecutive steps of
 one episode; prev_actions are the actions shifted right by one step inside the window, so the
 first step of every window sees the policy's learned BOS instead of a_{t-1}.
 
@@ -25,23 +25,29 @@ Departures from the paper:
     factor that keeps the loss and the clipping threshold independent of the number of heads.
   - Hyper-parameters are scaled for a 1M-parameter model on 2 CPU cores; see BC_PRESETS.
 
+Use: BCConfig holds what a user chooses about the optimisation (BC_PRESETS: one per stage); what
+is trained on what comes as arguments:
+
+    train_bc(bc_preset("pretrain"), "runs/population", "runs/base", model=model_preset("cpu"), stage="pretrain")
+    train_bc(bc_preset("sft"), "runs/curated", "runs/sft", init="runs/base", stage="sft")
+
 Checkpoints: `OUT/model.safetensors` + `OUT/config.json` (Policy.save_pretrained: stage, parent,
 dataset id, step) every `checkpoint_every` steps and at the end, plus `OUT/train_state/` for an
 exact resume (see agentalign.train.common). Running train_bc again on the same folder continues
 from the last checkpoint and ends bit-identical (on CPU) to an uninterrupted run; a finished run
-with the same config returns its summary at once; a different config is an error.
+with the same inputs returns its summary at once; different ones (OUT/run_config.json: the
+config, data, model, init and stage) are an error.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
+import math
 import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +56,7 @@ import torch
 
 from agentalign.config import config_to_dict
 from agentalign.data import StoreReader
-from agentalign.models.config import PolicyConfig, model_preset
+from agentalign.models.config import PolicyConfig
 from agentalign.envs.gamepad import N_BUTTONS
 from agentalign.models.distribution import N_LOGITS, NVEC, OFFSETS
 from agentalign.models.policy import Policy, read_checkpoint_config
@@ -67,28 +73,23 @@ from agentalign.train.common import (
     seed_everything,
     trainable_parameters,
 )
+from agentalign.train.losses import bc_loss
 
-NOOP_FILTERS = ("mask", "drop", "none")
-TRAIN_ONLY = ("all", "transformer", "head")
-SCHEDULES = ("constant", "cosine")
 # Settings that do not change what a run computes: they may differ when a run is resumed.
 OPERATIONAL = ("num_workers", "checkpoint_every", "log_every")
 
 
 @dataclass(frozen=True)
 class BCConfig:
-    """Behaviour cloning. Paper values (C.1 pre-training / C.2 fine-tuning) are noted where the
-    default differs; BC_PRESETS holds the per-stage settings."""
+    """Behaviour cloning's optimisation settings. Paper values (C.1 pre-training / C.2 fine-tuning)
+    are noted where the default differs; BC_PRESETS holds the per-stage settings. The data, the
+    model (or the checkpoint to start from) and the stage's label are train_bc's arguments."""
 
-    data: str = ""  # episode store; required, but checked when training starts so presets can leave it out
-    model: PolicyConfig = field(default_factory=lambda: model_preset("cpu"))
-    init: str | None = None  # checkpoint to start from; its model config must equal `model` (see with_init)
-    stage: str = "pretrain"  # a label written into the checkpoint's config.json
     steps: int = 2000
     # Paper: 256 windows of 32 steps on 8 V100s. 32 windows (1,024 frames, ~0.38 s a step on 2 cores)
     # keeps a CPU run at minutes while the gradient still averages ~900 unmasked steps.
     batch_size: int = 32
-    window: int = 32  # the paper's context H = 32; at most model.context
+    window: int = 32  # the paper's context H = 32; at most the model's context (shortened to it from init)
     # Share of windows moved to their episode's first step (WindowConfig.first_window_share);
     # 0: uniform starts, as the paper samples its hours-long recordings.
     first_window_share: float = 0.0
@@ -128,50 +129,21 @@ class BCConfig:
     log_every: int = 10  # steps between metrics.jsonl rows
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, minimum: int = 1) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        for name in ("steps", "batch_size", "window", "log_every"):
-            positive_int(name)
-        for name in ("warmup", "checkpoint_every", "seed"):
-            positive_int(name, 0)
-        if self.num_workers is not None:
-            positive_int("num_workers", 0)
-        if not isinstance(self.model, PolicyConfig):
-            raise ValueError(f"model must be a PolicyConfig, got {type(self.model).__name__}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and np.isfinite(self.lr)):
+        # Ranges only: types and choices are checked where a config is read (agentalign.config).
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("window", 1), ("log_every", 1), ("warmup", 0),
+                              ("checkpoint_every", 0), ("seed", 0)):  # fmt: skip
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {getattr(self, name)!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
+            if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if not (isinstance(self.first_window_share, (int, float)) and 0 <= self.first_window_share <= 1):
+        if not 0 <= self.first_window_share <= 1:
             raise ValueError(f"first_window_share must be a number in [0, 1], got {self.first_window_share!r}")
-        if self.noop_filter not in NOOP_FILTERS:
-            raise ValueError(f"noop_filter must be one of {NOOP_FILTERS}, got {self.noop_filter!r}")
-        if self.train_only not in TRAIN_ONLY:
-            raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {self.train_only!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.window > self.model.context:
-            raise ValueError(f"window ({self.window}) is longer than the model's context (model.context = "
-                             f"{self.model.context}); shorten the window or lengthen the context")  # fmt: skip
-        if not self.stage or not isinstance(self.stage, str):
-            raise ValueError(f"stage must be a non-empty label, got {self.stage!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-
-    def with_init(self, init: str | Path) -> "BCConfig":
-        """This config starting from checkpoint `init`, with the model config taken from it (and the
-        window shortened to the model's context if it is longer)."""
-        try:
-            meta = read_checkpoint_config(init, kind="policy")
-        except ValueError as e:
-            raise ValueError(f"init: {e}") from None
-        model = PolicyConfig.from_dict(meta["model"])
-        return replace(self, init=str(init), model=model, window=min(self.window, model.context))
 
 
 # Per-stage settings. Step counts are placeholders to tune for the pipeline; the learning rates
@@ -186,18 +158,17 @@ class BCConfig:
 #     more steps.
 BC_PRESETS: dict[str, BCConfig] = {
     # §3.2 / C.1: the population set, from scratch.
-    "pretrain": BCConfig(stage="pretrain", steps=2000, lr=3e-4, warmup=100),
+    "pretrain": BCConfig(steps=2000, lr=3e-4, warmup=100),
     # §3.3 / C.2: the curated set, from a pre-trained checkpoint (paper: 1500 batches of 128, lr 1e-6,
     # 200 warm-up steps, on a 103M model).
-    "sft": BCConfig(stage="sft", steps=400, lr=3e-5, warmup=50, checkpoint_every=200),
+    "sft": BCConfig(steps=400, lr=3e-5, warmup=50, checkpoint_every=200),
     # §3.3 figure 5: the same architecture trained only on the curated set, "until convergence".
-    "scratch": BCConfig(stage="scratch", steps=1000, lr=3e-4, warmup=50, checkpoint_every=250),
+    "scratch": BCConfig(steps=1000, lr=3e-4, warmup=50, checkpoint_every=250),
     # C.4: behaviour cloning of the top 20 % of rollouts by reward, head only (paper: lr 1e-5, 1/10
     # of pre-training, for 1000 updates of 256).
-    "preference": BCConfig(stage="preference", steps=300, lr=3e-5, warmup=30, train_only="head", checkpoint_every=100),
-    # Tests and smoke runs: the tiny model, seconds on one core.
-    "smoke": BCConfig(stage="smoke", model=model_preset("tiny"), steps=4, batch_size=4, window=8, warmup=2,
-                      checkpoint_every=2, log_every=1),  # fmt: skip
+    "preference": BCConfig(steps=300, lr=3e-5, warmup=30, train_only="head", checkpoint_every=100),
+    # Tests and smoke runs, seconds on one core with model_preset("tiny") (whose context is 8).
+    "smoke": BCConfig(steps=4, batch_size=4, window=8, warmup=2, checkpoint_every=2, log_every=1),
 }
 
 
@@ -210,58 +181,7 @@ def bc_preset(name: str, **overrides: Any) -> BCConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# The loss
-
-
-def _head_groups() -> list[tuple[int, int, int]]:
-    """Runs of equal-sized heads in the logit layout: (first logit, number of heads, head size).
-    12 buttons x 2 then 4 sticks x 11, so two log_softmax calls serve all 16 heads."""
-    groups, offset = [], 0
-    for n, run in itertools.groupby(NVEC):
-        k = len(list(run))
-        groups.append((offset, k, n))
-        offset += k * n
-    return groups
-
-
-_GROUPS = _head_groups()
-
-
-def bc_loss(logits_btl: torch.Tensor, actions_btc: torch.Tensor,
-            mask_bt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-    """Mean cross-entropy over the 16 action components on the steps where mask is True.
-
-    logits (B, T, 68), actions (B, T, 16) int64, mask (B, T) bool -> (loss, metrics). metrics
-    (detached): accuracy (argmax right, averaged over components), accuracy_per_head (16,),
-    exact (all 16 right), nll (joint -log pi(a_t) per step, the sum over components) and steps
-    (the number of masked-in steps). With no masked-in step the loss is 0 (with a gradient)."""
-    nll_parts, hit_parts = [], []
-    comp = 0
-    for first, k, n in _GROUPS:
-        lg = logits_btl[..., first : first + k * n].float().unflatten(-1, (k, n))  # (B, T, k, n)
-        lp = torch.log_softmax(lg, dim=-1)
-        a = actions_btc[..., comp : comp + k, None]  # (B, T, k, 1)
-        nll_parts.append(-lp.gather(-1, a)[..., 0])  # (B, T, k)
-        hit_parts.append(lg.argmax(-1) == a[..., 0])
-        comp += k
-    nll_btc = torch.cat(nll_parts, -1)  # (B, T, 16)
-    hit_btc = torch.cat(hit_parts, -1)  # (B, T, 16)
-    m = mask_bt.to(nll_btc.dtype)  # (B, T)
-    steps = m.sum()
-    denom = steps.clamp(min=1)
-    loss = (nll_btc.mean(-1) * m).sum() / denom
-    with torch.no_grad():
-        hit = hit_btc.to(nll_btc.dtype)
-        per_head = (hit * m[..., None]).sum((0, 1)) / denom  # (16,)
-        metrics = {
-            "loss": loss.detach(),
-            "accuracy": per_head.mean(),
-            "accuracy_per_head": per_head,
-            "exact": (hit.prod(-1) * m).sum() / denom,
-            "nll": (nll_btc.detach().sum(-1) * m).sum() / denom,
-            "steps": steps,
-        }
-    return loss, metrics
+# Windows
 
 
 def previous_actions(actions_btc: torch.Tensor) -> torch.Tensor:
@@ -276,19 +196,39 @@ def previous_actions(actions_btc: torch.Tensor) -> torch.Tensor:
 # Checks before any work
 
 
-def _model_diffs(a: PolicyConfig, b: PolicyConfig) -> list[str]:
-    """Fields that differ, except dropout (it changes no parameter, so fine-tuning may change it)."""
-    return [f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}"
-            for f in dataclasses.fields(PolicyConfig) if f.name != "dropout" and getattr(a, f.name) != getattr(b, f.name)]  # fmt: skip
+def resolve_model(cfg: BCConfig, model: PolicyConfig | None,
+                  init: str | Path | None) -> tuple[BCConfig, PolicyConfig]:  # fmt: skip
+    """The model a run trains and the config it trains with: a fresh `model`, or the one that the
+    checkpoint `init` holds, with the window shortened to that model's context if it is longer.
+    Exactly one of the two; ValueError naming the culprit."""
+    if (model is None) == (init is None):
+        raise ValueError("give exactly one of model (a fresh model's PolicyConfig) and init (a checkpoint to start "
+                         f"from), got {'both' if model is not None else 'neither'}")  # fmt: skip
+    if init is not None:
+        try:
+            meta = read_checkpoint_config(init, kind="policy")
+        except ValueError as e:
+            raise ValueError(f"init: {e}") from None
+        try:
+            model = PolicyConfig.from_dict(meta["model"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"init: {init}: bad model config ({e})") from None
+        return replace(cfg, window=min(cfg.window, model.context)), model
+    if not isinstance(model, PolicyConfig):
+        raise ValueError(f"model must be a PolicyConfig (e.g. model_preset('cpu')), got {type(model).__name__}")
+    if cfg.window > model.context:
+        raise ValueError(f"window ({cfg.window}) is longer than the model's context (model.context = "
+                         f"{model.context}); shorten the window or lengthen the context")  # fmt: skip
+    return cfg, model
 
 
-def check_inputs(cfg: BCConfig) -> dict[str, Any]:
-    """Validate the dataset and init checkpoint against the config; ValueError naming the culprit.
+def check_inputs(data: str | Path, model: PolicyConfig) -> dict[str, Any]:
+    """Validate the dataset against the model; ValueError naming the culprit.
 
     Returns {"dataset_id", "num_episodes", "num_steps", "image_size"}."""
-    if not cfg.data:
+    if data is None or not str(data):
         raise ValueError("data: no dataset given; set it to an episode store folder (agentalign data generate)")
-    path = Path(cfg.data)
+    path = Path(data)
     if not path.exists():
         raise ValueError(f"data: no dataset at {path}")
     try:
@@ -297,25 +237,11 @@ def check_inputs(cfg: BCConfig) -> dict[str, Any]:
         raise ValueError(f"data: {e}") from None
     if len(store) == 0:
         raise ValueError(f"data: {path} holds no episodes")
-    size = cfg.model.image_size
+    size = model.image_size
     if tuple(store.image_size) != (size, size):
         h, w = store.image_size
         raise ValueError(f"data: {path} holds {h}x{w} frames but the model takes {size}x{size} "
                          f"(model.image_size = {size}); use a dataset of that size or set model.image_size")  # fmt: skip
-    if cfg.init is not None:
-        try:
-            meta = read_checkpoint_config(cfg.init, kind="policy")
-        except ValueError as e:
-            raise ValueError(f"init: {e}") from None
-        try:
-            init_model = PolicyConfig.from_dict(meta["model"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"init: {cfg.init}: bad model config ({e})") from None
-        diffs = _model_diffs(init_model, cfg.model)
-        if diffs:
-            raise ValueError(f"init: {cfg.init} holds a model that differs from model ({'; '.join(diffs)}, checkpoint "
-                             "vs config); take the model config from the checkpoint (the CLI's --init does; in Python "
-                             "use cfg.with_init(path))")  # fmt: skip
     return {"dataset_id": store.dataset_id, "num_episodes": len(store), "num_steps": store.num_steps,
             "image_size": list(store.image_size)}  # fmt: skip
 
@@ -342,21 +268,25 @@ def action_log_frequencies(store: StoreReader, smoothing: float = 1.0) -> torch.
     return out
 
 
-def build_policy(cfg: BCConfig, device: torch.device) -> Policy:
-    """A fresh policy (seeded by the caller) or the init checkpoint's weights, with the parameters
-    outside the trained part frozen."""
+def build_policy(cfg: BCConfig, model: PolicyConfig, device: torch.device, *, data: str | Path | None = None,
+                 init: str | Path | None = None) -> Policy:  # fmt: skip
+    """A fresh `model` (seeded by the caller; with cfg.action_prior_init its output biases at the
+    action log-frequencies of the store `data`) or, given `init`, that checkpoint's weights, with
+    the parameters outside the trained part (cfg.train_only) frozen."""
     from safetensors.torch import load_file
 
-    policy = Policy(cfg.model)
-    if cfg.init is None:
+    policy = Policy(model)
+    if init is None:
         if cfg.action_prior_init:
+            if data is None:
+                raise ValueError("action_prior_init: a fresh model's output biases need the data (data=...)")
             with torch.no_grad():
-                policy.head[-1].bias.copy_(action_log_frequencies(StoreReader(cfg.data)))
+                policy.head[-1].bias.copy_(action_log_frequencies(StoreReader(data)))
     else:
-        state = load_file(str(Path(cfg.init) / "model.safetensors"))
+        state = load_file(str(Path(init) / "model.safetensors"))
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"init: {cfg.init}/model.safetensors does not match its config "
+            raise ValueError(f"init: {init}/model.safetensors does not match its config "
                              f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")  # fmt: skip
     policy.to(device)
     for name, p in policy.named_parameters():
@@ -480,9 +410,10 @@ class TrainStep:
         return metrics, grad_norm.detach(), lr
 
 
-def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = None, frames: bool = True):
-    """The resumable window loader of `cfg` (batches are a pure function of (seed, batch number));
-    `frames` False leaves the frames out of the batches (a run on FrameFeatures)."""
+def make_loader(cfg: BCConfig, data: str | Path, device: torch.device, num_batches: int | None = None,
+                frames: bool = True):  # fmt: skip
+    """The resumable window loader of `cfg` over the store `data` (batches are a pure function of
+    (seed, batch number)); `frames` False leaves the frames out of the batches (a run on FrameFeatures)."""
     from agentalign.data import WindowConfig
     from agentalign.data.torch_data import LoaderConfig, WindowLoader
 
@@ -490,7 +421,7 @@ def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = N
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     return WindowLoader(
-        cfg.data,
+        data,
         WindowConfig(window=cfg.window, batch_size=cfg.batch_size, noop_filter=cfg.noop_filter, frames=frames,
                      first_window_share=cfg.first_window_share),
         seed=cfg.seed,
@@ -499,26 +430,36 @@ def make_loader(cfg: BCConfig, device: torch.device, num_batches: int | None = N
     )
 
 
-def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume, or return a finished run) and return a summary dict:
-    stage, steps, final_loss, final_accuracy (means over the last log interval), seconds and
-    frames_per_s of this call, resumed_from, dataset_id, device, out_dir."""
+def train_bc(cfg: BCConfig, data: str | Path, out_dir: str | Path, *, model: PolicyConfig | None = None,
+             init: str | Path | None = None, stage: str = "bc", progress: bool = True) -> dict[str, Any]:
+    """Clone the episode store `data` into `out_dir`: train (or resume, or return a finished run).
+
+    Exactly one of `model` (a fresh model of that config) and `init` (a checkpoint folder to start
+    from; its config gives the model, and a window longer than that model's context is shortened
+    to it). `stage` is a label written into the checkpoint's config.json. Everything is checked
+    before any work starts (ValueError naming the culprit). Returns a summary dict: stage, steps,
+    final_loss, final_accuracy (means over the last log interval), seconds and frames_per_s of
+    this call, resumed_from, dataset_id, device, out_dir."""
     from tqdm import tqdm
 
     out = Path(out_dir)
-    data_info = check_inputs(cfg)
+    if not isinstance(stage, str) or not stage:
+        raise ValueError(f"stage must be a non-empty label, got {stage!r}")
+    cfg, model = resolve_model(cfg, model, init)
+    data_info = check_inputs(data, model)
     device = resolve_device(cfg.device)
-    config = config_to_dict(cfg)
-    state = check_run_config(out, config, ignore=OPERATIONAL)
+    config = {"bc": config_to_dict(cfg), "data": str(data), "model": config_to_dict(model),
+              "init": str(init) if init is not None else None, "stage": stage}  # fmt: skip
+    state = check_run_config(out, config, ignore=[f"bc.{k}" for k in OPERATIONAL])
     summary_path = out / "summary.json"
     if state == "existing" and summary_path.exists():
         return {**json.loads(summary_path.read_text()), "already_finished": True}
 
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    policy = build_policy(cfg, device)
+    policy = build_policy(cfg, model, device, data=data, init=init)
     optimizer = make_optimizer(policy, cfg)
-    loader = make_loader(cfg, device, frames=not uses_feature_cache(cfg))
+    loader = make_loader(cfg, data, device, frames=not uses_feature_cache(cfg))
     start_step = 0
     resumed = load_train_state(out, policy, optimizer) if state == "existing" else None
     if resumed is not None:
@@ -528,22 +469,22 @@ def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[
             raise ValueError(f"{out}/train_state: loader at batch {loader.position}, state at step {start_step}")
     truncate_metrics(out, start_step)  # rows a killed run logged after its last checkpoint
     logger = MetricsLogger(out)
-    features = (FrameFeatures(policy, StoreReader(cfg.data), device, autocast=cfg.bf16 and device.type == "cuda")
+    features = (FrameFeatures(policy, StoreReader(data), device, autocast=cfg.bf16 and device.type == "cuda")
                 if uses_feature_cache(cfg) and start_step < cfg.steps else None)  # fmt: skip
     train_step = TrainStep(policy, optimizer, cfg, device, features)
-    parent = str(Path(cfg.init).resolve()) if cfg.init is not None else None
+    parent = str(Path(init).resolve()) if init is not None else None
     frames_per_step = cfg.batch_size * cfg.window
 
     def checkpoint(step: int) -> None:
-        save_train_state(out, step, policy, optimizer, extra={"loader": loader.state_dict(), "stage": cfg.stage})
-        policy.save_pretrained(out, stage=cfg.stage, parent=parent, dataset_id=data_info["dataset_id"], step=step,
+        save_train_state(out, step, policy, optimizer, extra={"loader": loader.state_dict(), "stage": stage})
+        policy.save_pretrained(out, stage=stage, parent=parent, dataset_id=data_info["dataset_id"], step=step,
                                train_only=cfg.train_only)  # fmt: skip
 
     _set_mode(policy, cfg.train_only)
     acc: dict[str, Any] = {}
     last: dict[str, float] = {}
     t_log, steps_since_log = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"bc {cfg.stage}", unit="step", disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"bc {stage}", unit="step", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     batches = iter(loader) if start_step < cfg.steps else iter(())
     try:
@@ -599,7 +540,7 @@ def train_bc(cfg: BCConfig, out_dir: str | Path, progress: bool = True) -> dict[
         last = rows[-1] if rows else {}
     seconds = time.perf_counter() - t_start
     summary = {
-        "stage": cfg.stage,
+        "stage": stage,
         "steps": cfg.steps,
         "final_loss": last.get("train/loss"),
         "final_accuracy": last.get("train/accuracy"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import uuid
@@ -246,11 +245,6 @@ def load_train_state(out_dir: str | Path, model: torch.nn.Module,
     load_optimizer_state(model, optimizer, load_file(snap / "optimizer.safetensors"), meta["optimizer"])
     set_rng_state(load_file(snap / "rng.safetensors"), meta["rng"])
     return meta
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under torch.compile's wrapper (state dicts without the _orig_mod. prefix)."""
-    return getattr(model, "_orig_mod", model)
 
 
 # Parameter-name prefixes that each partial `train_only` mode keeps frozen ("all" freezes nothing).

@@ -13,6 +13,8 @@ trajectories along with the rejected ones; `nll_weight=0` is plain DPO. Only the
 alignment stages. The frozen transformer's outputs h_t for every trajectory are then those the
 reward model's agent encoder computes, so they are computed once (and shared with the reward
 stage's cache), and each step only re-runs the head. Ties are left out.
+
+`run_dpo` is the stage (`agentalign dpo` and the pipeline's dpo stage both call it).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agentalign.models import ActionDistribution, Policy
+from agentalign.config import save_config
 from agentalign.io import MetricsLogger, atomic_write_json
+from agentalign.models import ActionDistribution, Policy
 from agentalign.train.common import seed_everything
 from agentalign.train.losses import dpo_loss
+from agentalign.train.reward import load_labelled
 
 
 @dataclass(frozen=True)
@@ -38,22 +42,16 @@ class DPOConfig:
     steps: int = 400
     batch_pairs: int = 64
     grad_clip: float = 1.0
-    # Weight of the chosen trajectories' per-step negative log-likelihood added to the DPO loss
-    # (RPO, Pang et al., 2024). Plain DPO (0) pushed the chosen and the rejected likelihoods both
-    # far down on the cpu run and its policy reached no pad (RESULTS.md, "Pipeline").
+    # RPO's weight on the chosen trajectories' per-step NLL: plain DPO (0) lowered both likelihoods.
     nll_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if self.nll_weight < 0:
-            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
-        for name in ("steps", "batch_pairs"):
+        for name in ("beta", "lr", "steps", "batch_pairs", "grad_clip"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
 
 
 def trajectory_logp(head: torch.nn.Module, h: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,9 +113,25 @@ def train_dpo(policy_dir: str | Path, h: torch.Tensor, actions: torch.Tensor, le
         p.requires_grad_(False)
     out = Path(out_dir)
     policy.save_pretrained(out, stage="dpo", parent=str(policy_dir), reference=str(policy_dir), beta=cfg.beta)
-    summary = {"steps": cfg.steps, "pairs": int(len(chosen)), "seconds": time.perf_counter() - t0,
-               **{k: float(v) for k, v in metrics.items()}}  # fmt: skip
-    atomic_write_json(out / "dpo_summary.json", summary)
+    return {"steps": cfg.steps, "pairs": int(len(chosen)), "seconds": time.perf_counter() - t0,
+            **{k: float(v) for k, v in metrics.items()}}  # fmt: skip
+
+
+def run_dpo(sft: str | Path, store_path: str | Path, prefs_path: str | Path, out: str | Path, cfg: DPOConfig, *,
+            cache: str | Path | None = None) -> dict:  # fmt: skip
+    """DPO of the SFT checkpoint `sft` (policy and reference) on the strict training pairs of
+    `prefs_path` over the store's trajectories. Saves the policy, metrics.jsonl, metrics.json and
+    run_config.json in `out`; the SFT features are the reward model's agent embeddings, cached in
+    `cache` (default out/cache; a reward run's cache shares them). -> the final metrics, or
+    {"skipped": why} when every training comparison is a tie (nothing to learn, nothing written)."""
+    out = Path(out)
+    d = load_labelled(store_path, prefs_path, "agent", sft, out / "cache" if cache is None else cache)
+    if len(strict_pairs(d.P_train)[0]) == 0:  # e.g. an agent that never reaches a pad
+        return {"skipped": "no strict preference pairs in the training split"}
+    lengths, actions = lengths_and_actions(d.store, d.train, d.emb_train.shape[1])
+    summary = train_dpo(sft, d.emb_train, actions, lengths, d.P_train, out, cfg)
+    save_config(cfg, out / "run_config.json")
+    atomic_write_json(out / "metrics.json", summary)
     return summary
 
 

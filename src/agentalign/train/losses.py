@@ -1,15 +1,86 @@
-"""The alignment objectives as pure functions of tensors, tested against hand-computed values.
+"""The training objectives as pure functions of tensors, each tested against hand-computed values.
+The stages own their loops; here is only what they minimise.
 
-Shapes: B episodes (or pairs), T steps; `logp` are log pi(a_t | context) summed over the 16 action
-heads; masks are True on real steps.
+  bc_loss         behaviour cloning (pre-training, SFT, the from-scratch baseline, ReST's clones):
+                  the mean cross-entropy of the 16 action components on the masked-in steps
+  reinforce_loss  REINFORCE on whole episodes, with a `baseline` (none, batch mean, leave-one-out,
+                  leave-one-out per start state), `discounted_returns` of the final reward, and the
+                  KL leash to the reference policy (`kl_penalty`)
+  bt_loss         the reward model's Bradley-Terry likelihood of the preference labels (eq. 1)
+  dpo_loss        Direct Preference Optimisation on whole trajectories
+
+Shapes outside bc_loss: B episodes (or pairs), T steps; `logp` are log pi(a_t | context) summed
+over the 16 action heads; masks are True on real steps.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from agentalign.models.distribution import NVEC
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviour cloning
+
+
+def _head_groups() -> list[tuple[int, int, int]]:
+    """Runs of equal-sized heads in the logit layout: (first logit, number of heads, head size).
+    12 buttons x 2 then 4 sticks x 11, so two log_softmax calls serve all 16 heads."""
+    groups, offset = [], 0
+    for n, run in itertools.groupby(NVEC):
+        k = len(list(run))
+        groups.append((offset, k, n))
+        offset += k * n
+    return groups
+
+
+_GROUPS = _head_groups()
+
+
+def bc_loss(logits_btl: torch.Tensor, actions_btc: torch.Tensor,
+            mask_bt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """Mean cross-entropy over the 16 action components on the steps where mask is True.
+
+    logits (B, T, 68), actions (B, T, 16) int64, mask (B, T) bool -> (loss, metrics). metrics
+    (detached): accuracy (argmax right, averaged over components), accuracy_per_head (16,),
+    exact (all 16 right), nll (joint -log pi(a_t) per step, the sum over components) and steps
+    (the number of masked-in steps). With no masked-in step the loss is 0 (with a gradient)."""
+    nll_parts, hit_parts = [], []
+    comp = 0
+    for first, k, n in _GROUPS:
+        lg = logits_btl[..., first : first + k * n].float().unflatten(-1, (k, n))  # (B, T, k, n)
+        lp = torch.log_softmax(lg, dim=-1)
+        a = actions_btc[..., comp : comp + k, None]  # (B, T, k, 1)
+        nll_parts.append(-lp.gather(-1, a)[..., 0])  # (B, T, k)
+        hit_parts.append(lg.argmax(-1) == a[..., 0])
+        comp += k
+    nll_btc = torch.cat(nll_parts, -1)  # (B, T, 16)
+    hit_btc = torch.cat(hit_parts, -1)  # (B, T, 16)
+    m = mask_bt.to(nll_btc.dtype)  # (B, T)
+    steps = m.sum()
+    denom = steps.clamp(min=1)
+    loss = (nll_btc.mean(-1) * m).sum() / denom
+    with torch.no_grad():
+        hit = hit_btc.to(nll_btc.dtype)
+        per_head = (hit * m[..., None]).sum((0, 1)) / denom  # (16,)
+        metrics = {
+            "loss": loss.detach(),
+            "accuracy": per_head.mean(),
+            "accuracy_per_head": per_head,
+            "exact": (hit.prod(-1) * m).sum() / denom,
+            "nll": (nll_btc.detach().sum(-1) * m).sum() / denom,
+            "steps": steps,
+        }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# REINFORCE
 
 
 def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo", "start"],
@@ -37,47 +108,6 @@ def baseline(returns: torch.Tensor, kind: Literal["none", "mean", "loo", "start"
     raise ValueError(f"unknown baseline {kind!r}; choose none, mean, loo or start")
 
 
-def advantage_scale(returns: torch.Tensor, base: torch.Tensor, groups: torch.Tensor | None = None,
-                    eps: float = 1e-3) -> torch.Tensor:  # fmt: skip
-    """(B,) returns and baselines -> (B,) factors 1 / (std of the advantages R_i - b_i + eps): over
-    the batch, or with `groups` (B,) ints over each episode's group (GRPO's per-prompt scale; an
-    episode alone in its group takes the batch's).
-
-    Multiplying the advantages by it keeps the update's size as the policy improves (near the goal
-    most episodes succeed, R - b shrinks, and Adam's long second-moment memory would turn that into
-    ever smaller steps); per group, a start state whose outcomes differ a little (two pads scored
-    0.8 and 0.65) weighs as much as one where an episode failed outright (scored 0). `eps` keeps a
-    group of equal returns from turning the reward model's noise into signal."""
-    adv = returns - base
-    b = adv.shape[0]
-    if b < 2:
-        return torch.ones_like(adv)
-    whole = torch.full_like(adv, float(adv.std()))
-    if groups is None:
-        return 1.0 / (whole + eps)
-    same = (groups[:, None] == groups[None, :]).to(adv.dtype)  # (B, B)
-    n = same.sum(1)
-    mean = same @ adv / n
-    var = (same @ adv**2 / n - mean**2) * n / (n - 1).clamp(min=1)  # each group's unbiased variance
-    std = torch.where(n > 1, var.clamp(min=0).sqrt(), whole)
-    return 1.0 / (std + eps)
-
-
-def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The critic's regression: mean over real steps of (V(h_t) - G_t)^2.
-
-    values, returns, mask (B, T) -> scalar."""
-    return ((values - returns) ** 2 * mask).sum() / mask.sum().clamp(min=1)
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(G - V) / Var(G) over real steps: 1 when V predicts every return, 0 when it does no
-    better than their mean, negative when worse. values, returns, mask (B, T) -> float."""
-    g, v = returns[mask], values[mask]
-    var = g.var() if g.numel() > 1 else torch.zeros(())
-    return float(1 - (g - v).var() / var) if var > 0 else float("nan")
-
-
 def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-step returns when the only reward comes at the end: G_t = gamma^(T-1-t) * R.
 
@@ -87,50 +117,12 @@ def discounted_returns(final_reward: torch.Tensor, mask: torch.Tensor, gamma: fl
     return final_reward[:, None] * gamma ** (lengths - 1 - t).clamp(min=0) * mask
 
 
-def lambda_returns(final_reward: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                   lam: float) -> torch.Tensor:  # fmt: skip
-    """TD(lambda) returns when the only reward comes at the end (GAE's targets, Schulman et al.,
-    2016): G_t = r_t + gamma ((1 - lam) V_{t+1} + lam G_{t+1}), r_t = R on the last step, 0 before,
-    and nothing after it. lam = 1 gives `discounted_returns`; lam < 1 moves an episode's credit to
-    the steps where V(h_t) changed, at the price of V's bias.
-
-    final_reward (B,), values (B, T) V(h_t), mask (B, T) -> (B, T), zero on padding."""
-    b, t_max = mask.shape
-    last = mask.sum(1) - 1  # (B,)
-    out = torch.zeros(b, t_max, dtype=values.dtype)
-    g_next = v_next = torch.zeros(b, dtype=values.dtype)
-    for t in reversed(range(t_max)):
-        r = torch.where(last == t, final_reward, torch.zeros_like(final_reward))
-        g = (r + gamma * ((1 - lam) * v_next + lam * g_next)) * mask[:, t]
-        out[:, t] = g
-        g_next, v_next = g, values[:, t] * mask[:, t]
-    return out
-
-
-def _per_step(base: torch.Tensor) -> torch.Tensor:
-    """A baseline of (B,), one per episode, or (B, T), one per step (a learned V(h_t)), as (B, 1 or T)."""
-    return base[:, None] if base.dim() == 1 else base
-
-
 def reinforce_loss(logp: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """REINFORCE (Williams, 1992): -mean_episodes sum_t log pi(a_t) * (G_t - b).
 
-    logp (B, T), returns (B, T) per-step returns, mask (B, T), base (B,) or (B, T) -> scalar."""
-    adv = (returns - _per_step(base)) * mask
+    logp (B, T), returns (B, T) per-step returns, mask (B, T), base (B,) one per episode -> scalar."""
+    adv = (returns - base[:, None]) * mask
     return -(logp * adv).sum(1).mean()
-
-
-def clipped_surrogate_loss(logp: torch.Tensor, logp_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                           base: torch.Tensor, clip: float) -> torch.Tensor:  # fmt: skip
-    """PPO's clipped surrogate (Schulman et al., 2017) with REINFORCE's per-episode advantage, so a
-    batch can be reused for several epochs: -mean_episodes sum_t min(rho A, clip(rho, 1-e, 1+e) A),
-    rho = pi(a_t) / pi_old(a_t). At rho = 1 (the first epoch) its gradient is REINFORCE's.
-
-    logp, logp_old, returns, mask (B, T); base (B,) or (B, T) -> scalar."""
-    adv = (returns - _per_step(base)) * mask
-    rho = torch.exp(logp - logp_old) * mask
-    surrogate = torch.minimum(rho * adv, rho.clamp(1.0 - clip, 1.0 + clip) * adv)
-    return -surrogate.sum(1).mean()
 
 
 def episode_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,6 +133,10 @@ def episode_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def kl_penalty(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over episodes of the summed per-step KL(pi || pi_ref): (B, T), (B, T) -> scalar."""
     return episode_sum_mean(kl, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Preferences
 
 
 def bt_loss(r_i: torch.Tensor, r_j: torch.Tensor, p_i: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ comparisons, P(i > j) = sigmoid(r_i - r_j), ties counted as 1/2, with L2 regular
 Embeddings of the frozen encoder are computed once per trajectory (one batched pass each) and
 cached on disk, so training touches only the two small MLPs.
 
-Departures from the paper, each for the 2-core CPU budget:
+Departures from the paper:
   * Minibatches are drawn by trajectories, not by pairs: each step takes up to
     `traj_per_step` trajectories and all labelled pairs among them. For a comparison set made of
     all pairs of a subset this is an unbiased sample of the full loss that costs one reward
@@ -16,31 +16,43 @@ Departures from the paper, each for the 2-core CPU budget:
     of steps, capped at `max_steps`.
   * "L2 regularisation 0.1" is applied as decoupled weight decay (AdamW): an explicit 0.1 * sum(w^2)
     penalty is ~100x the BT loss at initialisation and flattens every reward.
-  * `ensemble` = K > 1 (a departure, off by default) trains K models from consecutive seeds on the
-    same comparisons and scores their mean normalised reward (models.reward.RewardEnsemble): one
+  * `ensemble` = K > 1 (off by default) trains K models from consecutive seeds on the same
+    comparisons and scores their mean normalised reward (models.reward.RewardEnsemble): one
     model's ranking of the aligned agent's episodes moves with its seed, and ReST clones its picks.
+
+One run function per stage, which the CLI and the pipeline both call: `label_synthetic`
+(`agentalign prefs synth`), `run_reward` (`agentalign reward train`), `run_sweep` (`agentalign
+reward sweep`, figure 7).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from agentalign.models.reward import PAD_MODES, REWARD_HEADS, RewardEnsemble, RewardModel, RewardModelConfig, bt_loss
-from agentalign.prefs import PreferenceSet
-from agentalign.io import atomic_save_safetensors
+from agentalign.config import save_config
+from agentalign.data import StoreReader, open_store
+from agentalign.io import atomic_save_safetensors, atomic_write_json
+from agentalign.models.reward import RewardEnsemble, RewardModel, RewardModelConfig, checkpoint_fingerprint, load_encoder
+from agentalign.prefs import PreferenceSet, sweep_subset_sizes
+from agentalign.train.losses import bt_loss
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
+Encoder = Literal["agent", "random"]
 
 
 @dataclass(frozen=True)
 class RewardTrainConfig:
-    encoder: Literal["agent", "random"] = "agent"
+    encoder: Encoder = "agent"
     epochs: int = 200  # appendix C.3
     epochs_largest: int = 50  # appendix C.3: the largest training set trains for 50 epochs
     largest_pairs: int = 100_000  # sets with at least this many comparisons count as "largest"
@@ -50,30 +62,14 @@ class RewardTrainConfig:
     lr: float = 1e-3  # appendix C.3 uses 1e-4 for far more steps; 1e-3 converges within the cap
     weight_decay: float = 0.1  # appendix C.3's L2 penalty, as decoupled weight decay
     random_dim: int = 512  # the random encoder's projection size (appendix C.3)
-    # Padding to the 100-step horizon: "black" (appendix C.3) or "last" (repeat the final frame).
-    # Black frames show any encoder a trajectory's length; "last" hides it, and both encoders lose
-    # a few points with it on SkyGarden (RESULTS.md, "Reward models"), so black stays the default.
-    pad: str = "black"
-    # The reward model's head (`RewardModelConfig.head`): the paper's "concat", or "sum" of per-step
-    # rewards. The sum ranked the aligned agent's hits above its misses more often from its hardest
-    # starts but the SFT agent's rollouts worse, and preference fine-tuning lost 18 points with it
-    # (RESULTS.md, twelfth session).
-    head: Literal["concat", "sum"] = "concat"
-    # Models trained from seeds seed .. seed + ensemble - 1, scoring their mean normalised reward
-    # (models.reward.RewardEnsemble); 1 is the paper's single model.
+    # K models from seeds seed .. seed + K - 1 scoring their mean normalised reward; 1 is the paper's.
     ensemble: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.encoder not in ("agent", "random"):
-            raise ValueError(f"encoder must be 'agent' or 'random', got {self.encoder!r}")
         for name in ("epochs", "epochs_largest", "batch_pairs", "traj_per_step", "max_steps", "random_dim", "ensemble"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.pad not in PAD_MODES:
-            raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {self.pad!r}")
-        if self.head not in REWARD_HEADS:
-            raise ValueError(f"head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
 
@@ -81,33 +77,89 @@ class RewardTrainConfig:
 # ---- embeddings --------------------------------------------------------------------------------
 
 
-def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100, pad: str = "black") -> torch.Tensor:
+def embed_trajectories(encoder, store, indices: np.ndarray, horizon: int = 100) -> torch.Tensor:
     """Frozen per-step embeddings of store episodes, padded to `horizon`: (N, horizon, E) float32."""
     out = []
     for k in range(0, len(indices), EMBED_BATCH):
         eps = [store.episode(int(i)) for i in indices[k : k + EMBED_BATCH]]
         frames = [torch.from_numpy(ep.frames) for ep in eps]
         actions = [torch.from_numpy(ep.actions.astype(np.int64)) for ep in eps]
-        out.append(encoder.padded(frames, actions, horizon, pad).float())
+        out.append(encoder.padded(frames, actions, horizon).float())
     return torch.cat(out) if out else torch.zeros(0, horizon, encoder.dim)
 
 
-def cached_embeddings(path: Path, key: dict, compute) -> torch.Tensor:
+def cached_embeddings(path: Path, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Load embeddings from `path` if they were made with the same `key`, else compute and save."""
-    import json
-
-    from safetensors.torch import load_file
-
     meta = {"key": json.dumps(key, sort_keys=True)}
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") == meta["key"]:
                 return load_file(path)["embeddings"]
     emb = compute()
     atomic_save_safetensors({"embeddings": emb.contiguous()}, path, metadata=meta)
     return emb
+
+
+def store_embeddings(store, encoder, cache_dir: Path, indices: np.ndarray, key: dict) -> torch.Tensor:
+    """`embed_trajectories` of `indices`, cached in cache_dir/embeddings-<encoder>.safetensors under
+    `key` (what else the embeddings depend on: store, policy, ...)."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = {**key, "n": int(len(indices)), "last": int(indices[-1]) if len(indices) else -1}
+    return cached_embeddings(cache_dir / f"embeddings-{encoder.kind}.safetensors", key,
+                             lambda: embed_trajectories(encoder, store, indices))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A store's trajectories under one encoder, split as its preference file says, with the
+    comparisons of each split as preference matrices (`preference_matrix`)."""
+
+    store: StoreReader
+    prefs: PreferenceSet
+    train: np.ndarray  # store ids, in the order of emb_train's rows
+    test: np.ndarray
+    emb_train: torch.Tensor  # (len(train), horizon, E)
+    emb_test: torch.Tensor
+    P_train: torch.Tensor  # (len(train), len(train))
+    P_test: torch.Tensor
+    policy_fingerprint: str | None  # the agent encoder's policy weights (None for the random encoder)
+
+
+def open_labelled_store(store_path: str | Path, prefs_path: str | Path) -> tuple[StoreReader, PreferenceSet]:
+    """A trajectory store and the preference file that labels it; a ValueError naming the files if
+    they do not belong together."""
+    store = open_store(store_path)
+    prefs = PreferenceSet.load(prefs_path)
+    if prefs.dataset_id != store.dataset_id:
+        raise ValueError(f"{prefs_path} labels the store {prefs.dataset_id}, but {store_path} is {store.dataset_id}")
+    try:
+        prefs.check_ids(len(store))
+    except ValueError as e:
+        raise ValueError(f"{prefs_path}: {e} ({store_path})") from None
+    return store, prefs
+
+
+def load_labelled(store_path: str | Path, prefs_path: str | Path, encoder: str, policy: str | Path | None,
+                  cache: str | Path, *, seed: int = 0, dim: int = 512) -> Labelled:  # fmt: skip
+    """Embeddings of all of a store's labelled trajectories (train split first) under `encoder`
+    (`agent`: the frozen `policy`; `random`: a projection from `seed` to `dim`), cached in `cache`,
+    and the comparisons of each split."""
+    if encoder not in get_args(Encoder):
+        raise ValueError(f"unknown reward encoder {encoder!r}; choose one of {', '.join(get_args(Encoder))}")
+    store, prefs = open_labelled_store(store_path, prefs_path)
+    enc = load_encoder(encoder, policy, store.image_size[0], seed, dim)
+    if encoder == "agent" and enc.policy.cfg.image_size != store.image_size[0]:
+        raise ValueError(f"policy {policy} takes {enc.policy.cfg.image_size}px frames, the trajectories in "
+                         f"{store_path} are {store.image_size[0]}px")  # fmt: skip
+    fingerprint = checkpoint_fingerprint(policy) if encoder == "agent" else None
+    # The agent's embeddings depend on its weights only; the random encoder's on its seed and size.
+    key = {"store": store.dataset_id, "encoder": encoder,
+           **({"policy": fingerprint} if encoder == "agent" else {"seed": seed, "dim": dim})}  # fmt: skip
+    train, test = split_ids(prefs, len(store))
+    emb = store_embeddings(store, enc, Path(cache), np.concatenate([train, test]), key)
+    return Labelled(store, prefs, train, test, emb[: len(train)], emb[len(train) :], preference_matrix(prefs, train),
+                    preference_matrix(prefs, test), fingerprint)  # fmt: skip
 
 
 # ---- labels ------------------------------------------------------------------------------------
@@ -156,8 +208,7 @@ def _train_one(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig, log=N
         raise ValueError("no comparisons to train on")
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1], pad=cfg.pad,
-                                          head=cfg.head))
+    model = RewardModel(RewardModelConfig(encoder=cfg.encoder, embed_dim=emb.shape[2], horizon=emb.shape[1]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs_largest if n_pairs >= cfg.largest_pairs else cfg.epochs
     steps = min(cfg.max_steps, epochs * math.ceil(n_pairs / cfg.batch_pairs))
@@ -214,7 +265,7 @@ def pairwise_metrics(rewards: torch.Tensor, P: torch.Tensor) -> dict[str, float]
     }
 
 
-# ---- stage functions: synthetic labels, one reward model, the figure-7 sweep -------------------
+# ---- labels from the synthetic labeller ----------------------------------------------------------
 
 
 def synthetic_preferences(store, target: str, n_train: int) -> PreferenceSet:
@@ -252,16 +303,87 @@ def split_ids(prefs: PreferenceSet, n: int) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def store_embeddings(store, encoder, cache_dir: Path, indices: np.ndarray, key: dict, pad: str = "black") -> torch.Tensor:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    name = encoder.kind if pad == "black" else f"{encoder.kind}-{pad}"
-    key = {**key, "n": int(len(indices)), "last": int(indices[-1]) if len(indices) else -1, "pad": pad}
-    return cached_embeddings(cache_dir / f"embeddings-{name}.safetensors", key,
-                             lambda: embed_trajectories(encoder, store, indices, pad=pad))  # fmt: skip
+# ---- run functions: one per stage, called by the CLI and the pipeline alike ----------------------
 
 
-def sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor, P_test: torch.Tensor,
-          sizes: list[int], seeds: int, cfg: RewardTrainConfig, progress=None) -> list[dict]:  # fmt: skip
+def label_synthetic(store_path: str | Path, target: str, train: int, out_path: str | Path) -> dict:
+    """`synthetic_preferences` for pad `target` over a store, `train` trajectories in the training
+    split, saved to `out_path` (.jsonl) -> the split sizes and their comparison counts."""
+    p = synthetic_preferences(open_store(store_path), target, train)
+    p.save(out_path)
+    n_tr, n_te = len(p.meta["train_ids"]), len(p.meta["test_ids"])
+    return {"train": n_tr, "test": n_te, "train_comparisons": n_tr * (n_tr - 1) // 2,
+            "test_comparisons": n_te * (n_te - 1) // 2}  # fmt: skip
+
+
+def run_reward(store_path: str | Path, prefs_path: str | Path, out: str | Path, cfg: RewardTrainConfig, *,
+               policy: str | Path | None, cache: str | Path | None = None, trajectories: int | None = None) -> dict:  # fmt: skip
+    """Train one reward model on the training comparisons of `prefs_path` over the store's
+    trajectories (`cfg.encoder`: the frozen `policy` or a random projection), all of them or, with
+    `trajectories`, all pairs of that many training trajectories drawn from (cfg.seed,
+    trajectories); score it on the held-out split. Saves the model (with its normalisation),
+    metrics.json and run_config.json in `out`; embeddings are cached in `cache` (default out/cache).
+    -> the held-out metrics and the training info (steps, comparisons, final loss)."""
+    start = time.perf_counter()
+    out = Path(out)
+    d = load_labelled(store_path, prefs_path, cfg.encoder, policy, out / "cache" if cache is None else cache,
+                      seed=cfg.seed, dim=cfg.random_dim)  # fmt: skip
+    emb_tr, P_tr = d.emb_train, d.P_train
+    if trajectories is not None:
+        if not 2 <= trajectories <= len(d.train):
+            raise ValueError(f"the subset of training trajectories must lie in 2..{len(d.train)}, got {trajectories}")
+        rng = np.random.default_rng([cfg.seed, trajectories])
+        sub = torch.from_numpy(np.sort(rng.choice(len(d.train), trajectories, replace=False)))
+        emb_tr, P_tr = emb_tr[sub], P_tr[sub][:, sub]
+    model, info = train_reward_model(emb_tr, P_tr, cfg)
+    with torch.no_grad():
+        metrics = pairwise_metrics(model(d.emb_test), d.P_test) if len(d.test) >= 2 else {}
+    model.save_pretrained(out, stage="reward", encoder=cfg.encoder, policy=str(policy) if policy else None,
+                          policy_fingerprint=d.policy_fingerprint, trajectories=d.store.dataset_id,
+                          target=d.prefs.meta.get("target"), random_seed=cfg.seed, random_dim=cfg.random_dim, **info)  # fmt: skip
+    save_config(cfg, out / "run_config.json")
+    result = {**metrics, **info}
+    atomic_write_json(out / "metrics.json", {**result, "seconds": time.perf_counter() - start})
+    return result
+
+
+def run_sweep(store_path: str | Path, prefs_path: str | Path, out: str | Path, cfg: RewardTrainConfig, *,
+              policy: str | Path | None, encoders: tuple[str, ...] | list[str] = ("agent", "random"), seeds: int = 3,
+              points: int = 6, cache: str | Path | None = None,
+              progress: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """Figure 7: held-out accuracy against the number of training comparisons, for each encoder
+    (`cfg` with its `encoder` replaced), `points` subset sizes log-even from ~50 comparisons to all,
+    `seeds` models each. Writes sweep.json (one row per model) and sweep.png in `out`; embeddings
+    are cached in `cache` (default out/cache). `progress(row)` after each model.
+    -> {"largest": {encoder: mean held-out accuracy at the largest set}, "points": models trained}."""
+    bad = [e for e in encoders if e not in get_args(Encoder)]
+    if not encoders or bad:
+        raise ValueError(f"encoders must be some of {', '.join(get_args(Encoder))}, got {', '.join(encoders) or 'none'}")
+    if seeds < 1 or points < 1:
+        raise ValueError(f"seeds and points must be positive, got {seeds} and {points}")
+    start = time.perf_counter()
+    out = Path(out)
+    rows: list[dict] = []
+    target = None
+    for kind in encoders:
+        kcfg = replace(cfg, encoder=kind)
+        d = load_labelled(store_path, prefs_path, kind, policy, out / "cache" if cache is None else cache,
+                          seed=kcfg.seed, dim=kcfg.random_dim)  # fmt: skip
+        target = d.prefs.meta.get("target")
+        sizes = sweep_subset_sizes(len(d.train), points=points)
+        rows += accuracy_sweep(d.emb_train, d.P_train, d.emb_test, d.P_test, sizes, seeds, kcfg, progress)
+    atomic_write_json(out / "sweep.json", {"rows": rows, "seconds": time.perf_counter() - start, "target": target})
+    plot_sweep(rows, out / "sweep.png", title=f"reward models, target {target}")
+    largest = {}
+    for kind in encoders:
+        sel = [r for r in rows if r["encoder"] == kind]
+        top = max(r["comparisons"] for r in sel)
+        largest[kind] = float(np.mean([r["reward/accuracy"] for r in sel if r["comparisons"] == top]))
+    return {"largest": largest, "points": len(rows)}
+
+
+def accuracy_sweep(emb_train: torch.Tensor, P_train: torch.Tensor, emb_test: torch.Tensor, P_test: torch.Tensor,
+                   sizes: list[int], seeds: int, cfg: RewardTrainConfig, progress=None) -> list[dict]:  # fmt: skip
     """Held-out accuracy against the number of training comparisons (paper figure 7) for one
     encoder: for each subset size M and seed, train on all labelled pairs of M random training
     trajectories and evaluate on every labelled held-out pair."""
