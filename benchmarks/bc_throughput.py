@@ -38,24 +38,24 @@ from pathlib import Path
 import torch
 
 
-def loader_run(cfg, out: Path, warm: int) -> list[float]:
+def loader_run(cfg, store: Path, model, out: Path, warm: int) -> list[float]:
     """Seconds per update of train_bc (log_every=1: each metrics row is one update, loader wait included)."""
-    from agentalign.train.bc import train_bc
     from agentalign.io import read_metrics
+    from agentalign.train.bc import train_bc
 
-    train_bc(cfg, out, progress=False)
+    train_bc(cfg, store, out, model=model, stage="benchmark", progress=False)
     frames = cfg.batch_size * cfg.window
     return [frames / r["train/frames_per_s"] for r in read_metrics(out)][warm:]
 
 
-def memory_run(cfg, batches: list[dict], steps: int, warm: int) -> list[float]:
+def memory_run(cfg, store: Path, model, batches: list[dict], steps: int, warm: int) -> list[float]:
     """Seconds per update of the same TrainStep on batches already in memory."""
     from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_optimizer
     from agentalign.train.common import seed_everything
 
     seed_everything(cfg.seed)
     device = torch.device("cpu")
-    policy = build_policy(cfg, device)
+    policy = build_policy(cfg, model, device, data=store)
     step = TrainStep(policy, make_optimizer(policy, cfg), cfg, device)
     _set_mode(policy, cfg.train_only)
     times = []
@@ -67,7 +67,7 @@ def memory_run(cfg, batches: list[dict], steps: int, warm: int) -> list[float]:
     return times[warm:]
 
 
-def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[float], list[float]]:
+def paired_run(cfg, store: Path, model, batches: list[dict], steps: int, warm: int) -> tuple[list[float], list[float]]:
     """Seconds per update, in-memory and loader-fed (num_workers=0) alternating update by update
     in one process, so both see the same load from anything else running on the machine."""
     from agentalign.train.bc import TrainStep, _set_mode, build_policy, make_loader, make_optimizer
@@ -78,10 +78,10 @@ def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[fl
     steppers = []
     for _ in range(2):
         seed_everything(cfg.seed)
-        policy = build_policy(cfg, device)
+        policy = build_policy(cfg, model, device, data=store)
         _set_mode(policy, cfg.train_only)
         steppers.append(TrainStep(policy, make_optimizer(policy, cfg), cfg, device))
-    batches_from_disk = iter(make_loader(cfg, device, num_batches=steps))
+    batches_from_disk = iter(make_loader(cfg, store, device, num_batches=steps))
     mem, ldr = [], []
     for n in range(1, steps + 1):
         t = time.perf_counter()
@@ -94,7 +94,7 @@ def paired_run(cfg, batches: list[dict], steps: int, warm: int) -> tuple[list[fl
     return mem[warm:], ldr[warm:]
 
 
-def paired_train_only(cfg, batches: list[dict], steps: int, warm: int) -> dict[str, float]:
+def paired_train_only(cfg, store: Path, model, batches: list[dict], steps: int, warm: int) -> dict[str, float]:
     """Seconds per update of the whole network, of train_only="transformer" (the encoder frozen, as
     the alignment's clones train) re-running the encoder on each window, and of the same on the
     store's FrameFeatures computed once (cache_features, what the clones do), alternating update
@@ -108,12 +108,12 @@ def paired_train_only(cfg, batches: list[dict], steps: int, warm: int) -> dict[s
     for name, mode in (("all", "all"), ("transformer", "transformer"), ("transformer_cached", "transformer")):
         c = replace(cfg, train_only=mode)
         seed_everything(c.seed)
-        policy = build_policy(c, device)
+        policy = build_policy(c, model, device, data=store)
         _set_mode(policy, mode)
         features = None
         if name == "transformer_cached":
             t = time.perf_counter()
-            features = FrameFeatures(policy, StoreReader(c.data), device, autocast=False)
+            features = FrameFeatures(policy, StoreReader(store), device, autocast=False)
             out["encode_store_s"] = time.perf_counter() - t
         steppers[name] = TrainStep(policy, make_optimizer(policy, c), c, device, features)
     times: dict[str, list[float]] = {name: [] for name in steppers}
@@ -125,13 +125,14 @@ def paired_train_only(cfg, batches: list[dict], steps: int, warm: int) -> dict[s
     return out | {name: statistics.median(ts[warm:]) for name, ts in times.items()}
 
 
-def split_run(cfg, batch: dict, repeats: int = 7) -> dict[str, float]:
+def split_run(model, batch: dict, repeats: int = 7) -> dict[str, float]:
     """Milliseconds of one update's parts: augmentation, encoder fwd+bwd, transformer+head fwd+bwd."""
     from agentalign.models import Policy
     from agentalign.train.augment import augment
-    from agentalign.train.bc import bc_loss, previous_actions
+    from agentalign.train.bc import previous_actions
+    from agentalign.train.losses import bc_loss
 
-    policy = Policy(cfg.model).train()
+    policy = Policy(model).train()
     obs, actions, mask = batch["obs"], batch["actions"], batch["mask"]
     prev = previous_actions(actions)
     x = augment(obs, torch.Generator().manual_seed(0))
@@ -163,10 +164,10 @@ def split_run(cfg, batch: dict, repeats: int = 7) -> dict[str, float]:
     }
 
 
-def feeds(args, cfg, batches: list[dict], total: int, frames: int, rows: dict, tmp: Path) -> float:
+def feeds(args, cfg, store: Path, model, batches: list[dict], total: int, frames: int, rows: dict, tmp: Path) -> float:
     """Parts 1 and 2: the loader against in-memory batches; fills `rows`, returns s/update in memory."""
     # 1. Paired: the same update fed from memory and from the loader, alternating.
-    mem_ts, ldr_ts = paired_run(cfg, batches, total, args.warm)
+    mem_ts, ldr_ts = paired_run(cfg, store, model, batches, total, args.warm)
     mem, ldr = statistics.median(mem_ts), statistics.median(ldr_ts)
     rows["paired_memory"] = {"median_s": round(mem, 4), "frames_per_s": round(frames / mem)}
     rows["paired_loader_w0"] = {"median_s": round(ldr, 4), "frames_per_s": round(frames / ldr), "ratio": round(mem / ldr, 3)}
@@ -176,10 +177,10 @@ def feeds(args, cfg, batches: list[dict], total: int, frames: int, rows: dict, t
     # 2. Whole runs: train_bc itself (logging and all) against the in-memory step, interleaved.
     times: dict[str, list[float]] = {"memory": []} | {f"loader_w{w}": [] for w in args.workers}
     for r in range(args.repeats):
-        times["memory"] += memory_run(cfg, batches, total, args.warm)
+        times["memory"] += memory_run(cfg, store, model, batches, total, args.warm)
         for w in args.workers:
             out = tmp / f"run-{r}-w{w}"
-            times[f"loader_w{w}"] += loader_run(replace(cfg, num_workers=w), out, args.warm)
+            times[f"loader_w{w}"] += loader_run(replace(cfg, num_workers=w), store, model, out, args.warm)
     mem_run = statistics.median(times["memory"])
     print(f"{'whole runs':<24}{'s/update':>10}{'frames/s':>10}{'vs memory':>11}")
     for name, ts in times.items():
@@ -207,7 +208,7 @@ def main() -> None:
 
     from agentalign.data import WindowConfig, WindowSampler
     from agentalign.data.torch_data import batch_to_torch
-    from agentalign.models import Policy
+    from agentalign.models import Policy, model_preset
     from agentalign.players.generate import generate, preset
     from agentalign.train.bc import BCConfig
 
@@ -219,26 +220,26 @@ def main() -> None:
             info = generate(store, preset("pretrain", episodes=args.episodes))
             print(f"store: {info['episodes']} episodes, {info['frames']} frames, generated in {time.perf_counter() - t:.1f} s")
         total = args.warm + args.steps
-        cfg = BCConfig(data=str(store), steps=total, checkpoint_every=0, log_every=1)
+        cfg, model = BCConfig(steps=total, checkpoint_every=0, log_every=1), model_preset("cpu")
         sampler = WindowSampler(store, WindowConfig(window=cfg.window, batch_size=cfg.batch_size), seed=0)
         batches = [batch_to_torch(sampler.batch(i)) for i in range(4)]
         frames = cfg.batch_size * cfg.window
-        print(f"model cpu preset ({Policy(cfg.model).num_parameters() / 1e6:.2f}M "
+        print(f"model cpu preset ({Policy(model).num_parameters() / 1e6:.2f}M "
               f"parameters), batch {cfg.batch_size} x window {cfg.window} = {frames} frames/update, "
               f"augment {cfg.augment}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")  # fmt: skip
 
         rows, split = {}, {}
         if "feeds" in args.parts:
-            mem = feeds(args, cfg, batches, total, frames, rows, Path(tmp))
+            mem = feeds(args, cfg, store, model, batches, total, frames, rows, Path(tmp))
         if "split" in args.parts:
-            split = split_run(cfg, batches[0])
+            split = split_run(model, batches[0])
             fb = split["encoder_fwd_bwd_ms"] + split["transformer_head_fwd_bwd_ms"]
             print(f"forward+backward of {frames} frames: encoder {split['encoder_fwd_bwd_ms']:.0f} ms "
                   f"({split['encoder_fwd_bwd_ms'] / fb:.0%}), transformer+head {split['transformer_head_fwd_bwd_ms']:.0f} ms "
                   f"({split['transformer_head_fwd_bwd_ms'] / fb:.0%}); augmentation {split['augment_ms']:.0f} ms"
                   + (f" ({split['augment_ms'] / (1000 * mem):.0%} of an update)" if "feeds" in args.parts else ""))  # fmt: skip
         if "train_only" in args.parts:
-            cmp = paired_train_only(replace(cfg, augment=False), batches, total, args.warm)
+            cmp = paired_train_only(replace(cfg, augment=False), store, model, batches, total, args.warm)
             rows["train_only"] = {m: {"median_s": round(cmp[m], 4), "frames_per_s": round(frames / cmp[m])}
                                   for m in ("all", "transformer", "transformer_cached")}  # fmt: skip
             rows["train_only"]["speedup"] = round(cmp["all"] / cmp["transformer"], 3)

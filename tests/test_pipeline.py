@@ -13,7 +13,7 @@ import time
 import pytest
 
 STAGES = ["data_pretrain", "data_finetune", "pretrain", "sft", "scratch", "eval_base", "eval_sft", "eval_scratch",
-          "rollouts", "prefs", "reward", "sweep", "pft", "rollouts_pft", "prefs_pft", "reward_pft", "align", "dpo",
+          "rollouts", "prefs", "reward", "sweep", "pft", "align", "dpo",
           "eval_pft", "eval_align", "eval_deploy", "eval_dpo"]  # fmt: skip
 
 
@@ -66,27 +66,18 @@ def test_every_stage_and_figure_exists_with_finite_numbers(smoke_run):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "The paper's findings" in html
     assert "total" in stdout
-    polish = json.loads((out / "align" / "stage.json").read_text())["result"]["polish"]  # the smoke preset's ReST step
-    assert polish["ranked"] == 8 and polish["kept"] >= 1 and "then cloned the best" in stdout
-    assert "Then a ReST step (polish)" in html and "PFT + REINFORCE + polish + 2 ReST rounds + sharpen" in html
-    sharpen = json.loads((out / "align" / "stage.json").read_text())["result"]["sharpen"]  # 8 new episodes at T = 0.3
-    assert sharpen["ranked"] == 8 and sharpen["temperature"] == 0.3 and "new at T = 0.3 in 2 rounds" in stdout
-    assert sharpen["rounds"] == 2 and "over 2 rounds" in html
-    polished = out / "align" / "model" / "polish"
-    rest = json.loads((out / "align" / "stage.json").read_text())["result"]["rest"]  # 2 rounds of 4 at T = 1
-    assert rest["ranked"] == 8 and rest["rounds"] == 2 and rest["kept"] == 4 and "new at T = 1 in 2 rounds" in stdout
-    assert "Then 2 ReST rounds (online ReST" in html
-    soups = [*polished.glob("soup/seed*"), *polished.glob("rest*/soup/seed*"), *polished.glob("sharpen*/soup/seed*")]  # 5 clones, 2 each
-    assert len(soups) == 10 and all((d / "model.safetensors").is_file() for d in soups)
-    assert "Then a second ReST step (sharpen)" in html and "sharpen, 32 online episodes)" in html  # 16 + 8 + 8
-    spawns = re.search(r"\(spawn priority\): episodes per spawn, left to right, (\d+) / (\d+) / (\d+) / (\d+)", html)
-    assert spawns and sum(map(int, spawns.groups())) == 16  # REINFORCE's episodes, drawn by spawn priority
-    # The second reward-model round: comparisons of the fine-tuned agent's rollouts, and the alignment followed it.
-    rm2 = json.loads((out / "reward_pft" / "model" / "config.json").read_text())
-    rollouts_pft = json.loads((out / "rollouts_pft" / "store" / "manifest.json").read_text())
-    assert rm2["trajectories"] == rollouts_pft["dataset_id"] and rm2["policy"] == str(out / "sft" / "model")
-    assert json.loads((out / "align" / "model" / "config.json").read_text())["reward_model"] == str(out / "reward_pft" / "model")
-    assert "The alignment followed the second reward model" in html and "Second reward model" in html
+    align = json.loads((out / "align" / "stage.json").read_text())["result"]
+    assert align["reinforce"]["episodes"] == 16 and "REINFORCE 16 episodes" in stdout
+    rest, sharpen = align["rest"], align["sharpen"]  # 2 rounds of 2 starts x 2 samples at T = 1; 2 rounds of 4 at T = 0.3
+    assert rest["ranked"] == 8 and rest["rounds"] == 2 and rest["temperature"] == 1.0 and "rest 2 rounds at T = 1" in stdout
+    assert sharpen["ranked"] == 8 and sharpen["rounds"] == 2 and sharpen["temperature"] == 0.3
+    assert align["online_episodes"] == 32 and "32 online episodes" in stdout  # 16 + 8 + 8
+    assert "Then 2 ReST rounds (online ReST" in html and "Then a second ReST step (sharpen)" in html
+    rounds = [out / "align" / "model" / step / f"round{i}" for step, i in (("rest", 0), ("rest", 1), ("sharpen", 2), ("sharpen", 3))]
+    soups = [d for r in rounds for d in r.glob("soup/seed*")]  # each round's clone a soup of two
+    assert len(soups) == 8 and all((d / "model.safetensors").is_file() for d in soups)
+    pft = json.loads((out / "pft" / "stage.json").read_text())["result"]  # the stored rollouts, then a grow round of 8
+    assert [r["source"] for r in pft["rounds"]] == ["stored", "fresh"] and pft["rounds"][1]["ranked"] == 8
     # The aligned agent again at the deployment temperature, beside (not instead of) T = 1.
     deploy, aligned = (json.loads((out / s / "eval.json").read_text()) for s in ("eval_deploy", "eval_align"))
     assert deploy["config"]["temperature"] == 0.3 and aligned["config"]["temperature"] == 1.0
@@ -105,7 +96,7 @@ def test_rerun_after_kill_redid_no_finished_stage(smoke_run):
 
 def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
     out, _, _ = smoke_run
-    r = subprocess.run(_cmd(out, "--set", "align.episodes=24"), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(_cmd(out, "--set", "align.reinforce.episodes=24"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "another config" in r.stderr and "--from align" in r.stderr
     r = subprocess.run(_cmd(tmp_path / "x", "--from", "nowhere"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown stage 'nowhere'" in r.stderr
@@ -134,18 +125,19 @@ def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr
     rm_config = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert rm_config["target"] == "right" and rm_config["members"] == 2  # align and pft below score with both
-    r = run("align", "--policy", sft, "--reference", sft, "--reward", tmp_path / "rm", "--target", "right",
-            "--out", tmp_path / "al", "--set", "episodes=8", "--set", "batch_episodes=4")  # fmt: skip
+    r = run("align", "--policy", sft, "--sft", sft, "--reward", tmp_path / "rm", "--target", "right", "--out", tmp_path / "al",
+            "--set", "reinforce.episodes=8", "--set", "reinforce.batch_episodes=4", "--set", "rest.rounds=0",
+            "--set", "sharpen.rounds=0")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "al" / "model.safetensors").exists()
-    r = run("align", "--policy", sft, "--reference", sft, "--reward", tmp_path / "rm", "--target", "right",
-            "--out", tmp_path / "bad", "--set", "beta=-1")  # fmt: skip
+    r = run("align", "--policy", sft, "--sft", sft, "--reward", tmp_path / "rm", "--target", "right",
+            "--out", tmp_path / "bad", "--set", "reinforce.beta=-1")  # fmt: skip
     assert r.returncode == 2 and "beta" in r.stderr and not (tmp_path / "bad").exists()
-    r = run("align", "--policy", sft, "--reference", out / "scratch" / "model", "--reward", tmp_path / "rm",
+    r = run("align", "--policy", sft, "--sft", out / "scratch" / "model", "--reward", tmp_path / "rm",
             "--target", "right", "--out", tmp_path / "bad2")  # fmt: skip
     assert r.returncode == 2 and "trained on the embeddings of policy" in r.stderr
     r = run("pft", "--sft", sft, "--reward", tmp_path / "rm", "--trajectories", store, "--prefs", tmp_path / "p.jsonl",
-            "--out", tmp_path / "pft", "--set", "bc.steps=2", "--set", "bc.batch_size=4", "--set", "bc.window=8")  # fmt: skip
+            "--out", tmp_path / "pft", "--set", "rest.clone.steps=2", "--set", "rest.clone.batch_size=4", "--set", "rest.clone.window=8")  # fmt: skip
     assert r.returncode == 0, r.stderr
 
 
@@ -158,7 +150,7 @@ def test_diagnose_says_whether_a_policy_uses_its_pixels(smoke_run):
 
 
 def test_a_stage_folder_is_kept_for_its_own_resume_and_cleared_for_another_config(tmp_path):
-    from agentalign.pipeline import _prepare_stage_dir
+    from agentalign.pipeline.runner import _prepare_stage_dir
 
     d = tmp_path / "pft"
     _prepare_stage_dir(d, "aaa")
@@ -174,11 +166,11 @@ def test_a_stage_folder_is_kept_for_its_own_resume_and_cleared_for_another_confi
     assert not (legacy / "model").exists()
 
 
-def test_a_new_split_or_reward_head_relabels_and_retrains_without_replaying_rollouts():
+def test_a_new_split_or_reward_setting_relabels_and_retrains_without_replaying_rollouts():
     from agentalign.pipeline import Run, load_pipeline_config
 
     base = Run("unused", load_pipeline_config("smoke", []))
-    other = Run("unused", load_pipeline_config("smoke", ["prefs.train=20", "reward.head=sum"]))
+    other = Run("unused", load_pipeline_config("smoke", ["prefs.train=20", "reward.lr=0.01"]))
     assert other.stage_hash("rollouts") == base.stage_hash("rollouts")
     assert other.stage_hash("prefs") != base.stage_hash("prefs")
     assert other.stage_hash("reward") != base.stage_hash("reward")
@@ -201,17 +193,17 @@ def test_seed_seeds_every_stage_and_a_stage_seed_of_its_own_wins():
 
 
 WIDE = ["model.width=256", "model.head_hidden=256", "model.stem_channels=16", "pretrain.lr=3e-4", "scratch.lr=3e-4",
-        "pft.bc.lr=3e-4", "align.polish_bc.lr=3e-4", "sweep.enabled=false"]  # fmt: skip
+        "pft.rest.clone.lr=3e-4", "align.rest.clone.lr=3e-4", "align.sharpen.clone.lr=3e-4", "sweep.enabled=false"]  # fmt: skip
 
 
 def test_the_wide_preset_is_the_cpu_preset_with_what_it_names_changed():
     from agentalign.pipeline import Run, load_pipeline_config
 
     wide, cpu = load_pipeline_config("cpu-wide"), load_pipeline_config("cpu")
-    # Table by table: the [model] and [pft.bc] keys it leaves out keep cpu.toml's values.
+    # Table by table: the [model] and [pft.rest.clone] keys it leaves out keep cpu.toml's values.
     assert wide == load_pipeline_config("cpu", WIDE)
-    assert wide.model.prev_action is False and wide.pft.bc.first_window_share == cpu.pft.bc.first_window_share == 0.5
-    assert (wide.model.width, wide.pretrain.model.width, wide.pretrain.lr, wide.sft.lr) == (256, 256, 3e-4, cpu.sft.lr)
+    assert wide.model.prev_action is False and wide.pft.rest.clone.first_window_share == cpu.pft.rest.clone.first_window_share == 0.5
+    assert (wide.model.width, wide.pretrain.lr, wide.sft.lr) == (256, 3e-4, cpu.sft.lr)
     # So run folders made with the equivalent --set keys resume under the preset's name.
     assert Run("unused", wide).stage_hash("align") == Run("unused", load_pipeline_config("cpu", WIDE)).stage_hash("align")
 
@@ -246,14 +238,25 @@ def test_the_deployment_evaluation_can_be_turned_off():
 
 
 def test_the_align_line_names_what_aligned_the_agent():
-    from agentalign.pipeline import _align_line
+    from agentalign.pipeline.plan import _align_line
 
-    sharpen = {"kept": 400, "ranked": 2400, "temperature": 1.0, "rounds": 6}
-    assert _align_line("right", {"episodes": 0, "final_success": None, "sharpen": sharpen}) == \
-        "no REINFORCE: cloned the best 400 of 2400 new at T = 1 in 6 rounds"
-    line = _align_line("left", {"episodes": 1600, "final_success": 0.825, "sharpen": {**sharpen, "rounds": 1}})
-    assert line == "left success 82.5% (last 5 batches), and the best 400 of 2400 new at T = 1"
-    rest = {"kept": 396, "ranked": 1584, "temperature": 1.0, "rounds": 4}
-    sharp = {"kept": 400, "ranked": 800, "temperature": 0.3, "rounds": 1}
-    assert _align_line("left", {"episodes": 0, "final_success": None, "rest": rest, "sharpen": sharp}) == \
-        "no REINFORCE: cloned the best 396 of 1584 new at T = 1 in 4 rounds, and the best 400 of 800 new at T = 0.3"
+    rest = {"kept": 396, "ranked": 1584, "temperature": 1.0, "rounds": 4, "kept_pads": {"left": 390, "middle": 6}}
+    sharp = {"kept": 400, "ranked": 800, "temperature": 0.3, "rounds": 1, "kept_pads": {"left": 400}}
+    assert _align_line("left", {"rest": rest, "sharpen": sharp, "online_episodes": 2384}) == \
+        "rest 4 rounds at T = 1: cloned 396 of 1584 (left 390); sharpen 1 round at T = 0.3: cloned 400 of 800 (left 400); 2384 online episodes"
+    reinforce = {"episodes": 1600, "final_success": 0.825}
+    assert _align_line("right", {"reinforce": reinforce, "online_episodes": 1600}).startswith("REINFORCE 1600 episodes (right 82.5%")
+
+
+def test_removed_keys_get_the_unknown_key_error_and_config_keys_lists_every_key():
+    from agentalign.config import ConfigError, config_keys
+    from agentalign.pipeline import load_pipeline_config
+
+    for key in ("align.polish_bc.lr=1", "pft.bc.lr=1", "align.target=right", "pretrain.model.width=8", "align.spawn_priority=1",
+                "refresh.enabled=true", "reward.head=sum", "pft.rest.clone.seed=3", "data_pretrain.size=32"):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            load_pipeline_config("smoke", [key])
+    keys = [k for k, _, _ in config_keys(load_pipeline_config("cpu"))]
+    assert len(keys) == len(set(keys)) and "align.rest.clone.lr" in keys and "pft.rest.keep" in keys
+    r = subprocess.run(["agentalign", "config", "keys", "--config", "cpu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"{len(keys)} keys" in r.stdout and "align.sharpen.temperature" in r.stdout

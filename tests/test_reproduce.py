@@ -57,7 +57,7 @@ def test_every_variant_and_figure_exists_with_finite_numbers(reproduce_run):
             assert (out / align / "model" / "metrics.jsonl").stat().st_size > 0, align
             ev = json.loads((out / evaluation / "eval.json").read_text())
             assert ev["episodes"] == (16 if evaluation == "eval_align" else 8), evaluation
-    results = json.loads((out / "results.json").read_text())["reproduce"]
+    results = json.loads((out / "results.json").read_text())["reproduce_figures"]
     for target in ("left", "right"):
         for label in ("small set, PFT + RL", "small set, RL only", "large set, PFT + RL", "large set, RL only"):
             curve, final = results["curves"][target][label], results["final"][target][label]

@@ -202,3 +202,31 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_json(path, config_to_dict(cfg))
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """Every key that `build_config(type(cfg), ...)` accepts, as (dotted key, type, value in `cfg`),
+    nested dataclasses walked: what a user may set with `--set` or in a TOML table."""
+    hints = typing.get_type_hints(type(cfg))
+    rows = []
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        tp, value = hints[f.name], getattr(cfg, f.name)
+        if dataclasses.is_dataclass(tp):
+            rows += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _describe(tp), value))
+    return rows
+
+
+def _describe(tp: Any) -> str:
+    """A field's type as a user reads it: int, float | None, one of [...], list of str."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else _describe(a) for a in args)
+    if origin in (tuple, list):
+        return f"list of {_describe(args[0]) if args else 'any'}"
+    return _type_name(tp)

@@ -98,7 +98,7 @@ def test_sweep_cli_library_and_pipeline_stage_agree(run_dir, tmp_path):
     s = run_sweep(store, prefs, tmp_path / "lib", cfg, policy=sft, encoders=("agent", "random"), seeds=2, points=2)
     sweep_cfg = SimpleNamespace(encoders=("agent", "random"), seeds=2, points=2, max_steps=10, traj_per_step=None)
     staged = stages.sweep(stage_run(run_dir, reward=build_config(RewardTrainConfig, {}, ["traj_per_step=6"]), sweep=sweep_cfg))
-    assert staged == s and s["points"] == 4 and set(s["largest"]) == {"agent", "random"}
+    assert staged == s and s["points"] == 8 and set(s["largest"]) == {"agent", "random"}
     rows = [json.loads((d / "sweep.json").read_text())["rows"] for d in (tmp_path / "cli", tmp_path / "lib", run_dir / "sweep")]
     assert rows[0] == rows[1] == rows[2] and (tmp_path / "cli" / "sweep.png").is_file()
 

@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from agentalign.cli.reward import store_and_prefs
 from agentalign.cli.common import checked
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
+
+from agentalign.cli.common import checked
 
 data_app = typer.Typer(help="Inspect, verify, import and export episode stores.", no_args_is_help=True)
 
@@ -111,3 +113,64 @@ def import_minari(
 
     n = _run(lambda: do_import(src, dst, size=(size, size) if size else None))
     typer.echo(f"imported {n} episodes into {dst}")
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Path = typer.Argument(..., help="Store directory to create, or to resume filling."),
+    preset: str = typer.Option("pretrain", help="pretrain | finetune | smoke-pretrain | smoke-finetune"),
+    episodes: Optional[int] = typer.Option(None, help="Override the preset's episode count."),
+    size: int = typer.Option(64, help="Square image size (128: the paper's)."),
+    seed: Optional[int] = typer.Option(None, help="Override the dataset seed."),
+    num_envs: Optional[int] = typer.Option(None, help="Worlds recorded together."),
+) -> None:
+    """Record the synthetic population set or the curated demonstrations. Resumes if killed."""
+    import time
+
+    from tqdm import tqdm
+
+    from agentalign.players.generate import generate, preset as get_preset
+
+    overrides = {k: v for k, v in dict(episodes=episodes, seed=seed, num_envs=num_envs).items() if v is not None}
+    cfg = checked(get_preset, preset, **overrides)
+    start = time.perf_counter()
+    with tqdm(total=cfg.episodes, unit="ep", desc=f"generate {preset}", disable=None) as bar:
+        def progress(k: int, total: int) -> None:
+            bar.n = k
+            bar.refresh()
+
+        summary = checked(generate, out, cfg, progress, size=size)
+    dt = time.perf_counter() - start
+    typer.echo(f"{out}: {summary['episodes']} episodes ({summary['written']} new, {summary['frames']} frames "
+               f"in {dt:.1f} s, {summary['frames'] / max(dt, 1e-9):.0f} frames/s)")  # fmt: skip
+
+
+@data_app.command("sheet")
+def data_sheet(
+    path: Path = typer.Argument(..., help="Store directory."),
+    out: Path = typer.Option(Path("out/data_sheet.png"), help="Output PNG."),
+    samples: int = typer.Option(24, min=1, help="Sample frames in the contact sheet."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A PNG of sample frames beside a top-down heatmap of the dataset's trajectories."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from agentalign.data import open_store
+    from agentalign.envs import viz
+    from agentalign.envs.skygarden import topdown
+
+    store = checked(open_store, path)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(store), size=min(samples, len(store)), replace=False)
+    frames = []
+    for i in sorted(picks):
+        t = int(rng.integers(store.length(i)))
+        frames.append(store.frames(i, t, t + 1)[0])
+    sheet = viz.contact_sheet(frames, cols=6, scale=max(1, 96 // store.image_size[0]))
+    positions = [store.extras(i)["pos"] for i in range(len(store)) if "pos" in store.extras(i)]
+    heat = topdown.heatmap_image(np.concatenate(positions) if positions else np.zeros((0, 2)), scale=12)
+    img = np.concatenate([viz.fit_height(sheet, heat.shape[0]), heat], 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out, img)
+    typer.echo(f"wrote {out}: {len(frames)} frames, heatmap of {sum(len(p) for p in positions)} positions")

@@ -34,6 +34,8 @@ def _configs(preset: str, config: Optional[Path], overrides: list[str], model: O
 
     table = load_toml(config) if config is not None else {}
     model_table = table.pop("model", {})
+    if not isinstance(model_table, dict):
+        raise ValueError(f"{config}: model must be a table of model settings ([model]), got {model_table!r}")
     model_sets = [o.strip()[len("model."):] for o in overrides if o.strip().startswith("model.")]
     bc_sets = [o for o in overrides if not o.strip().startswith("model.")]
     base = bc_preset(preset)

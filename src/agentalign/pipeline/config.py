@@ -201,11 +201,14 @@ def load_pipeline_config(preset: str | Path = "cpu", overrides: list[str] | None
         else:
             rest.append(o)
     base = PipelineConfig(model=model_preset(name))
+    try:  # the file alone first, so an error names where the bad key or value was given
+        build_config(PipelineConfig, table, base=base)
+    except ConfigError as e:
+        raise ConfigError(f"{_source(preset)}: {e}") from None
     try:
         cfg = build_config(PipelineConfig, table, rest, base=base)
-    except ConfigError as e:  # name where the bad key or value was given
-        from_set = any(o.split("=", 1)[0].strip() in str(e) for o in rest)
-        raise ConfigError(f"{'--set' if from_set else _source(preset)}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
     given = given_table(table, rest)
 
     def seed(stage: str, offset: int = 0) -> int:

@@ -20,7 +20,9 @@ from agentalign.players.generate import generate
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.align import run_align
 from agentalign.train.bc import BCConfig, train_bc
+from agentalign.train.dpo import run_dpo
 from agentalign.train.rest import run_pft
+from agentalign.train.reward import label_synthetic, run_reward, run_sweep
 
 if TYPE_CHECKING:
     from agentalign.pipeline.runner import Run
@@ -92,18 +94,10 @@ def rollouts(run: "Run") -> dict:
     return record(run, "rollouts", "sft", run.cfg.prefs.rollout_episodes, run.cfg.seed)
 
 
-def preferences(run: "Run", name: str, target: str, rollouts: str = "rollouts", train: int | None = None) -> dict:
-    """Synthetic preferences for pad `target` over stage `rollouts`'s trajectories (the SFT agent's
-    by default), `train` of them (default prefs.train) labelled for training, in name/prefs.jsonl."""
-    from agentalign.data import open_store
-    from agentalign.train.reward import synthetic_preferences
-
-    store = open_store(_store(run, rollouts))
-    p = synthetic_preferences(store, target, run.cfg.prefs.train if train is None else train)
-    p.save(run.dir(name) / "prefs.jsonl")
-    n_tr, n_te = len(p.meta["train_ids"]), len(p.meta["test_ids"])
-    return {"train": n_tr, "test": n_te, "train_comparisons": n_tr * (n_tr - 1) // 2,
-            "test_comparisons": n_te * (n_te - 1) // 2}  # fmt: skip
+def preferences(run: "Run", name: str, target: str) -> dict:
+    """Synthetic preferences for pad `target` over the SFT agent's rollouts, prefs.train of them
+    labelled for training, in name/prefs.jsonl."""
+    return label_synthetic(_store(run, "rollouts"), target, run.cfg.prefs.train, run.dir(name) / "prefs.jsonl")
 
 
 def prefs(run: "Run") -> dict:
@@ -115,8 +109,6 @@ def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = N
     `rollouts`'s trajectories): all of them, or (`trajectories`) all pairs of that many random
     training trajectories; scored on the held-out split. Embeddings are cached in reward/ for
     every stage (each store in its own folder, so the two rounds do not evict each other)."""
-    from agentalign.train.reward import run_reward
-
     cache = run.dir("reward") / ("cache" if rollouts == "rollouts" else f"cache_{rollouts}")
     return run_reward(_store(run, rollouts), run.dir(prefs) / "prefs.jsonl", run.dir(name) / "model",
                       replace(run.cfg.reward, encoder="agent"), policy=run.dir("sft") / "model", cache=cache,
@@ -128,8 +120,6 @@ def reward(run: "Run") -> dict:
 
 
 def sweep(run: "Run") -> dict:
-    from agentalign.train.reward import run_sweep
-
     s, r = run.cfg.sweep, run.cfg.reward
     cfg = replace(r, max_steps=s.max_steps or r.max_steps, traj_per_step=s.traj_per_step or r.traj_per_step)
     return run_sweep(_store(run, "rollouts"), run.dir("prefs") / "prefs.jsonl", run.dir("sweep"), cfg,
@@ -164,8 +154,6 @@ def align(run: "Run") -> dict:
 
 
 def dpo(run: "Run") -> dict:
-    from agentalign.train.dpo import run_dpo
-
     return run_dpo(run.dir("sft") / "model", _store(run, "rollouts"), run.dir("prefs") / "prefs.jsonl",
                    run.dir("dpo") / "model", run.cfg.dpo, cache=run.dir("reward") / "cache")  # fmt: skip
 

@@ -1,7 +1,8 @@
 """Mechanics shared by the training stages: seeding, devices,
 AdamW parameter groups, the learning-rate schedule, run directories and exact-resume state.
 
-Nothing here knows about a particular objective; each stage module owns its loss and loop.
+Nothing here knows about a particular objective: the losses are in agentalign.train.losses, and
+each stage module owns its loop.
 
 Training state for exact resume (`save_train_state` / `load_train_state`) lives in
 `OUT/train_state/`:

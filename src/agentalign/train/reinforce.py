@@ -161,7 +161,7 @@ def update(policy: Policy, reference: Policy | None, batch: list[Trajectory], R_
     opt.step()
     policy.eval()
     steps = mask_bt.sum()
-    return {"align/loss": float(loss.detach()), "align/kl": float(kl) / max(float(steps) / b, 1.0),
+    return {"align/loss": float(loss.detach()), "align/kl": float(kl.detach()) / max(float(steps) / b, 1.0),
             "align/entropy": float((dist.entropy().detach() * mask_bt).sum() / steps), "align/grad_norm": float(grad_norm)}  # fmt: skip
 
 
