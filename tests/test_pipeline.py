@@ -5,7 +5,6 @@ the job without redoing finished stages."""
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import time

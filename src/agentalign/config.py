@@ -19,6 +19,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
 from agentalign.io import atomic_write_json
 
 T = TypeVar("T")

@@ -11,13 +11,12 @@ from agentalign.envs.skygarden import world as W
 from agentalign.models import ActionDistribution
 from agentalign.models.distribution import N_LOGITS, split_logits
 from agentalign.rollout import (
+    UNIFORM_LOG_PROB,
     PolicyActor,
     RandomActor,
     RolloutConfig,
     RolloutStats,
-    UNIFORM_LOG_PROB,
     episode_seeds,
-    iter_waves,
     rollout,
     sample_from_uniforms,
 )

@@ -13,13 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from agentalign.config import ConfigError, build_config, config_to_dict
+from agentalign.io import read_metrics
 from agentalign.models import Policy, model_preset
 from agentalign.models.distribution import N_LOGITS
 from agentalign.train import bc as bc_module
 from agentalign.train.bc import BC_PRESETS, BCConfig, bc_preset, previous_actions, train_bc
-from agentalign.io import read_metrics
 from agentalign.train.common import adamw_param_groups, lr_at, seed_everything
-
 
 TINY = model_preset("tiny")
 

@@ -157,7 +157,8 @@ def test_a_policy_and_an_sft_agent_of_different_models(tiny_stack, tmp_path):
                           "score_episodes do): a reward model of another agent's embeddings scores silently", strict=True)  # fmt: skip
 def test_a_reward_model_of_another_agents_embeddings(tiny_stack, tmp_path):
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):
-        run_reinforce(tiny_stack["other"], tiny_stack["other"], tiny_stack["rm"], tmp_path / "x", ReinforceConfig(episodes=4), "left", 0)
+        run_reinforce(tiny_stack["other"], tiny_stack["other"], tiny_stack["rm"], tmp_path / "x", ReinforceConfig(episodes=4),
+                      "left", 0)  # fmt: skip
 
 
 @pytest.mark.xfail(reason="run_reinforce appends to an existing out/metrics.jsonl (MetricsLogger) although it "

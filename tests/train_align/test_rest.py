@@ -13,9 +13,19 @@ import torch
 from agentalign.data import open_store
 from agentalign.models import Policy
 from agentalign.prefs import Preference, PreferenceSet
-from agentalign.rollout import RolloutConfig, record_rollouts
-from agentalign.train.rest import (PFT_SEED, ROUND_SEED_STEP, CloneConfig, PreferenceFTConfig, RestConfig, merge_rounds,
-                                   rest_round, run_pft, run_rest, score_episodes, select_top)  # fmt: skip
+from agentalign.train.rest import (
+    PFT_SEED,
+    ROUND_SEED_STEP,
+    CloneConfig,
+    PreferenceFTConfig,
+    RestConfig,
+    merge_rounds,
+    rest_round,  # fmt: skip
+    run_pft,
+    run_rest,
+    score_episodes,
+    select_top,
+)
 
 CLONE = CloneConfig(steps=3, batch_size=4, window=8, warmup=1, lr=1e-2)  # head only, as the paper's
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from agentalign.models import Policy, model_preset
-from agentalign.models.reward import (AgentEncoder, RandomEncoder, RewardEnsemble, RewardModel, RewardModelConfig,
-                                     load_reward_model, pad_trajectory)
+from agentalign.models.reward import (
+    AgentEncoder,
+    RandomEncoder,
+    RewardEnsemble,
+    RewardModel,
+    RewardModelConfig,
+    load_reward_model,
+    pad_trajectory,
+)
 from agentalign.prefs import Preference, PreferenceSet
 from agentalign.train.losses import bt_loss
 from agentalign.train.reward import RewardTrainConfig, count_comparisons, pairwise_metrics, preference_matrix, train_reward_model

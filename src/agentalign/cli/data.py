@@ -129,7 +129,8 @@ def data_generate(
 
     from tqdm import tqdm
 
-    from agentalign.players.generate import generate, preset as get_preset
+    from agentalign.players.generate import generate
+    from agentalign.players.generate import preset as get_preset
 
     overrides = {k: v for k, v in dict(episodes=episodes, seed=seed, num_envs=num_envs).items() if v is not None}
     cfg = checked(get_preset, preset, **overrides)

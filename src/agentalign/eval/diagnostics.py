@@ -14,7 +14,8 @@ import torch
 
 from agentalign.data import WindowConfig, WindowSampler, open_store
 from agentalign.models import Policy
-from agentalign.train.bc import bc_loss, previous_actions
+from agentalign.train.bc import previous_actions
+from agentalign.train.losses import bc_loss
 
 
 @torch.no_grad()

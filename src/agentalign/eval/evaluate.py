@@ -25,9 +25,9 @@ import numpy as np
 from agentalign.envs.skygarden import world as W
 from agentalign.eval.figures import plot_heatmaps, plot_jump_pads, write_episode_videos
 from agentalign.eval.metrics import by_spawn, by_start, flat_metrics, length_summary, pad_distribution, stuck
+from agentalign.io import atomic_write_json
 from agentalign.rollout.engine import RolloutConfig, RolloutStats, rollout
 from agentalign.rollout.recording import RANDOM, load_actor, save_trajectories
-from agentalign.io import atomic_write_json
 
 EVAL_SCHEMA = 1
 

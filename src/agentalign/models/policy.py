@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from agentalign.io import atomic_save_safetensors, atomic_write_json
 from agentalign.models.config import PolicyConfig
 from agentalign.models.distribution import N_LOGITS, OFFSETS, ActionDistribution
-from agentalign.io import atomic_save_safetensors, atomic_write_json
 
 CHECKPOINT_SCHEMA = 1
 

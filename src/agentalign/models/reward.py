@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from agentalign.envs import gamepad
-from agentalign.models.policy import CHECKPOINT_SCHEMA, Policy, read_checkpoint_config
 from agentalign.io import atomic_save_safetensors, atomic_write_json
+from agentalign.models.policy import CHECKPOINT_SCHEMA, Policy, read_checkpoint_config
 
 HORIZON = 100  # the paper pads every trajectory to the 100-step evaluation limit
 # Settings older checkpoints record, at the only value this code implements (the others were removed).

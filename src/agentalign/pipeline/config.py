@@ -17,7 +17,8 @@ from typing import Any, Literal
 from agentalign.config import ConfigError, build_config, given_table, load_toml, merge_tables
 from agentalign.envs.skygarden import world as W
 from agentalign.models import MODEL_PRESETS, PolicyConfig, model_preset
-from agentalign.players.generate import GenerateConfig, preset as data_preset
+from agentalign.players.generate import GenerateConfig
+from agentalign.players.generate import preset as data_preset
 from agentalign.train.align import AlignConfig
 from agentalign.train.bc import BCConfig, bc_preset
 from agentalign.train.dpo import DPOConfig
@@ -41,7 +42,7 @@ class DeployStageConfig:
     """The aligned agent as a game would run it: its actions sampled at a lower temperature, as an
     LLM is decoded below the temperature it was trained at. Reported beside the paper's T = 1
     evaluation (`eval_align`), never instead of it. At 0.3 the cpu preset's aligned agents lose
-    most of their wall-bound misses: left 88-93 % at T = 1 became 90-98 % (RESULTS.md, seventh
+    most of their wall-bound misses: left 88-93 % at T = 1 became 90-98 % (docs/journal.md, seventh
     session); 0.1 gave the same as 0.3."""
 
     temperature: float | None = 0.3  # None: no deployment evaluation

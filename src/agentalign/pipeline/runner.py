@@ -182,4 +182,3 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
 
 
-__all__ = ["PipelineConfig", "ReproduceConfig", "Run", "load_pipeline_config", "preset_table", "reproduce_plan", "run_pipeline"]

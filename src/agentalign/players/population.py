@@ -50,7 +50,7 @@ class PopulationConfig:
     # Mean chance that a player's episode is an undesirable mode; with the misses of noisy players
     # about a tenth of episodes reach no pad. At 0.35 (a fifth missing, half the steps aimless) the
     # cpu model learned nothing from the pixels: the set's actions were too weakly tied to what
-    # the player sees (RESULTS.md, "Behaviour cloning").
+    # the player sees (docs/journal.md, "Behaviour cloning").
     undesirable_share: float = 0.15
     mode_weights: tuple[float, ...] = (0.3, 0.1, 0.2, 0.1, 0.15, 0.15)  # over MODES
     characters: tuple[str, ...] = W.CHARACTER_NAMES  # all characters appear, as in the paper's data

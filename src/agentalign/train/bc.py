@@ -55,13 +55,14 @@ import numpy as np
 import torch
 
 from agentalign.config import config_to_dict
-from agentalign.data import StoreReader
-from agentalign.models.config import PolicyConfig
+from agentalign.data import StoreReader, WindowConfig
+from agentalign.data.torch_data import LoaderConfig, WindowLoader
 from agentalign.envs.gamepad import N_BUTTONS
+from agentalign.io import MetricsLogger, atomic_write_json, read_metrics, truncate_metrics
+from agentalign.models.config import PolicyConfig
 from agentalign.models.distribution import N_LOGITS, NVEC, OFFSETS
 from agentalign.models.policy import Policy, read_checkpoint_config
 from agentalign.train import augment as aug
-from agentalign.io import MetricsLogger, atomic_write_json, read_metrics, truncate_metrics
 from agentalign.train.common import (
     FROZEN,
     adamw_param_groups,
@@ -112,7 +113,7 @@ class BCConfig:
     cache_features: bool = True
     # A fresh model's output biases start at the log-frequencies of the data's actions. From the
     # usual zero biases the first updates only fit those frequencies, and on the noisy population
-    # set they flattened the encoder to a constant that the model never left (RESULTS.md, "Behaviour
+    # set they flattened the encoder to a constant that the model never left (docs/journal.md, "Behaviour
     # cloning"): the base agent used no pixels at all. Ignored when starting from `init`.
     action_prior_init: bool = True
     seed: int = 0
@@ -322,7 +323,7 @@ class FrameFeatures:
     Rows follow the store's episodes end to end; one more row holds the embedding of the all-zero
     frame the sampler pads short windows with. The features are computed as a training step would
     (under the same autocast), in batches of `chunk` frames. A batched encoder need not be
-    bit-identical to a per-window one (on our CPUs it was: RESULTS.md, fifteenth session), so a
+    bit-identical to a per-window one (on our CPUs it was: docs/journal.md, fifteenth session), so a
     cached run may differ from an uncached one in the last float bits. Memory: (steps + 1) x width
     floats on the device: per 1,000 steps, 0.5 MB for the cpu model, 2 MB for the paper's (bf16)."""
 
@@ -414,9 +415,6 @@ def make_loader(cfg: BCConfig, data: str | Path, device: torch.device, num_batch
                 frames: bool = True):  # fmt: skip
     """The resumable window loader of `cfg` over the store `data` (batches are a pure function of
     (seed, batch number)); `frames` False leaves the frames out of the batches (a run on FrameFeatures)."""
-    from agentalign.data import WindowConfig
-    from agentalign.data.torch_data import LoaderConfig, WindowLoader
-
     workers = cfg.num_workers
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))

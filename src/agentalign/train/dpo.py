@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from agentalign.config import save_config
+from agentalign.envs import gamepad
 from agentalign.io import MetricsLogger, atomic_write_json
 from agentalign.models import ActionDistribution, Policy
 from agentalign.train.common import seed_everything
@@ -137,7 +138,6 @@ def run_dpo(sft: str | Path, store_path: str | Path, prefs_path: str | Path, out
 
 def lengths_and_actions(store, ids: np.ndarray, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(M,) lengths and (M, horizon, 16) actions of store episodes, padded with no-ops."""
-    from agentalign.envs import gamepad
 
     acts = torch.as_tensor(np.tile(gamepad.noop_action(), (len(ids), horizon, 1)))
     lengths = torch.zeros(len(ids), dtype=torch.int64)

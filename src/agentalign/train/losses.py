@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from agentalign.models.distribution import NVEC
 
-
 # --------------------------------------------------------------------------------------------
 # Behaviour cloning
 

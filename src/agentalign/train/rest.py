@@ -43,9 +43,9 @@ from agentalign.envs.skygarden import world as W
 from agentalign.io import atomic_write_json, atomic_write_text, read_metrics
 from agentalign.models import Policy
 from agentalign.models.reward import check_reward_matches, load_encoder, load_reward_model
+from agentalign.prefs import PreferenceSet
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.bc import BCConfig, train_bc
-from agentalign.prefs import PreferenceSet
 from agentalign.train.reward import embed_trajectories, split_ids
 
 # Round i of a ReST run seeded s plays its episodes with rollout seed s + i * ROUND_SEED_STEP and

@@ -1,3 +1,4 @@
+
 """Reward-model training: a Bradley-Terry model of preferences over the agent's own trajectories
 (paper section 3.5, appendix C.3), on the frozen agent encoder or the random-encoder baseline.
 
@@ -43,7 +44,7 @@ from agentalign.config import save_config
 from agentalign.data import StoreReader, open_store
 from agentalign.io import atomic_save_safetensors, atomic_write_json
 from agentalign.models.reward import RewardEnsemble, RewardModel, RewardModelConfig, checkpoint_fingerprint, load_encoder
-from agentalign.prefs import PreferenceSet, sweep_subset_sizes
+from agentalign.prefs import Preference, PreferenceSet, SyntheticLabeller, TrajectoryInfo, sweep_subset_sizes
 from agentalign.train.losses import bt_loss
 
 EMBED_BATCH = 8  # trajectories per encoder pass: 800 frames, a few hundred MB at most
@@ -272,7 +273,6 @@ def synthetic_preferences(store, target: str, n_train: int) -> PreferenceSet:
     """Label a trajectory store with the synthetic labeller: one ranking over the training split
     (the first `n_train` episodes) and one over the held-out rest. A ranking of M trajectories
     stands for all M(M-1)/2 comparisons among them."""
-    from agentalign.prefs import SyntheticLabeller, TrajectoryInfo
 
     n = len(store)
     if not 2 <= n_train <= n - 2:
@@ -291,7 +291,6 @@ def synthetic_preferences(store, target: str, n_train: int) -> PreferenceSet:
 
 
 def _ranking(ids: np.ndarray, ranks: np.ndarray, labeller: str):
-    from agentalign.prefs import Preference
 
     return Preference(tuple(int(i) for i in ids), ranking=tuple(int(r) for r in ranks), labeller=labeller)
 

@@ -31,7 +31,6 @@ from agentalign.envs.skygarden import core
 from agentalign.envs.skygarden import world as W
 
 
-
 def _check_size(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
