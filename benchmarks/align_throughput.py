@@ -1,5 +1,5 @@
 """Online alignment's speed: the sliding-window transformer with and without `last_only`, and
-online episodes per second of `train_reinforce` on a pipeline run's checkpoints.
+online episodes per second of REINFORCE (`run_reinforce`) on a pipeline run's checkpoints.
 
 What it measures
   * (a) windows: `windowed_transformer` as REINFORCE uses it (train_only="transformer"): the
@@ -7,7 +7,7 @@ What it measures
     150 steps. "full" runs each window's last block on all 32 tokens and keeps the last; "last_only"
     (shipped) runs the last block on the last token alone. Same weights, same inputs; the ratio
     full / last_only is the speed-up, and the largest difference between their outputs is printed.
-  * (b) online episodes/s: `train_reinforce` with the cpu preset's alignment settings for
+  * (b) online episodes/s: `run_reinforce` with the cpu preset's [align.reinforce] settings for
     `--episodes` episodes from RUN/pft/model, RUN/sft/model and RUN/reward/model (needs a finished
     `agentalign pipeline --out RUN`; skipped when RUN lacks them).
   * (c) frames encoded once: for one batch of 16 episodes of RUN/pft/model, the reward model's
@@ -75,15 +75,16 @@ def windows(episodes: int, steps: int, repeats: int) -> dict:
 
 
 def online(run: Path, episodes: int) -> dict | None:
-    from agentalign.train.reinforce import ReinforceConfig, train_reinforce
+    from agentalign.pipeline import load_pipeline_config
+    from agentalign.train.reinforce import run_reinforce
 
     if not all((run / s / "model").is_dir() for s in ("pft", "sft", "reward")):
         return None
-    # The REINFORCE keys of the cpu preset's [align] (which runs them with --set align.episodes=N).
-    cfg = ReinforceConfig(target="left", episodes=episodes, batch_episodes=16, lr=2e-4, train_only="transformer",
-                          beta=0.0, baseline="start")  # fmt: skip
+    # The cpu preset's [align.reinforce] (which it runs with --set align.reinforce.episodes=N).
+    cfg = load_pipeline_config("cpu", [f"align.reinforce.episodes={episodes}"]).align.reinforce
     with tempfile.TemporaryDirectory() as out:
-        s = train_reinforce(run / "pft" / "model", run / "sft" / "model", run / "reward" / "model", out, cfg)
+        s = run_reinforce(run / "pft" / "model", run / "sft" / "model", run / "reward" / "model", Path(out), cfg,
+                          target="left", seed=0)  # fmt: skip
     return {"run": str(run), "episodes": s["episodes"], "seconds": round(s["seconds"], 2),
             "episodes_per_s": round(s["episodes"] / s["seconds"], 2)}  # fmt: skip
 

@@ -110,8 +110,6 @@ def test_a_reward_model_of_another_agents_embeddings(tiny_stack, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.xfail(reason="run_reinforce appends to out/reinforce/metrics.jsonl and run_align copies it whole: "
-                          "REINFORCE run again (another config) logs its batches after the old run's", strict=True)  # fmt: skip
 def test_another_reinforce_config_in_the_same_folder_runs_reinforce_again_with_fresh_metrics(tiny_stack, tmp_path):
     cfg = replace(CFG, reinforce=ReinforceConfig(episodes=4, batch_episodes=4, lr=1e-2), rest=RestConfig(rounds=0),
                   sharpen=RestConfig(rounds=0))  # fmt: skip

@@ -153,16 +153,12 @@ def test_a_policy_and_an_sft_agent_of_different_models(tiny_stack, tmp_path):
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 
-@pytest.mark.xfail(reason="run_reinforce does not call check_reward_matches (train_reinforce did; run_align and "
-                          "score_episodes do): a reward model of another agent's embeddings scores silently", strict=True)  # fmt: skip
 def test_a_reward_model_of_another_agents_embeddings(tiny_stack, tmp_path):
     with pytest.raises(ValueError, match="trained on the embeddings of policy"):
         run_reinforce(tiny_stack["other"], tiny_stack["other"], tiny_stack["rm"], tmp_path / "x", ReinforceConfig(episodes=4),
                       "left", 0)  # fmt: skip
 
 
-@pytest.mark.xfail(reason="run_reinforce appends to an existing out/metrics.jsonl (MetricsLogger) although it "
-                          "starts again from the beginning: a rerun logs every batch twice", strict=True)  # fmt: skip
 def test_run_again_into_the_same_folder_its_metrics_start_afresh(tiny_stack, tmp_path):
     cfg = ReinforceConfig(episodes=4, batch_episodes=4, lr=1e-2)
     for _ in range(2):

@@ -18,6 +18,7 @@ rounds resume round by round.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,9 +68,12 @@ def run_align(policy: str | Path, sft: str | Path, reward_dir: str | Path, out: 
     current = policy
     if cfg.reinforce.episodes:
         done = out / "reinforce" / "summary.json"  # written once REINFORCE's policy is on disk
-        key = {"policy": str(policy), "reinforce": config_to_dict(cfg.reinforce), "seed": cfg.seed}
+        key = {"policy": str(policy), "sft": str(sft), "reward": str(reward_dir), "target": target,
+               "reinforce": config_to_dict(cfg.reinforce), "seed": cfg.seed}  # fmt: skip
         saved = json.loads(done.read_text()) if done.is_file() else None
-        if saved is None or saved["key"] != key:
+        if saved is None or saved["key"] != key:  # and the ReST steps after it start afresh too
+            for d in ("rest", "sharpen"):
+                shutil.rmtree(out / d, ignore_errors=True)
             (out / "metrics.jsonl").unlink(missing_ok=True)
             r = run_reinforce(policy, sft, reward_dir, out / "reinforce", cfg.reinforce, target, ALIGN_SEED + cfg.seed, progress)
             _copy_metrics(out / "reinforce", out)

@@ -26,6 +26,7 @@ model's horizon, or non-finite) is dropped and the batch shrinks, as in appendix
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from agentalign.envs.skygarden import world as W
 from agentalign.io import MetricsLogger
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import AgentEncoder, RandomEncoder, load_reward_model, sliding_window_features, windowed_transformer
+from agentalign.models.reward import AgentEncoder, RandomEncoder, check_reward_matches, load_reward_model, sliding_window_features, windowed_transformer
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
 from agentalign.train.common import FROZEN, seed_everything
 from agentalign.train.losses import baseline, discounted_returns, kl_penalty, reinforce_loss
@@ -170,6 +171,7 @@ def run_reinforce(policy_dir: Path, sft: Path, reward_dir: Path, out: Path, cfg:
     """REINFORCE from the policy at `policy_dir` towards the reward model (its encoder the SFT agent
     at `sft`, also the KL reference); the result is saved in `out`. `target`: the pad whose true
     share is logged. Killed, it starts again from the beginning."""
+    check_reward_matches(reward_dir, sft)
     seed_everything(seed)
     policy = Policy.from_pretrained(policy_dir)
     encoder_ref = Policy.from_pretrained(sft).eval()
@@ -185,6 +187,8 @@ def run_reinforce(policy_dir: Path, sft: Path, reward_dir: Path, out: Path, cfg:
         p.requires_grad_(not k.startswith(frozen))
     opt = torch.optim.Adam(params, lr=cfg.lr)
     shared = shared_with_reference(policy, encoder_ref, cfg.train_only)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun starts from the beginning: so do its metrics
+    shutil.rmtree(out / "tb", ignore_errors=True)
     log = MetricsLogger(out)
     # One wave a batch, so every update is on-policy; frames kept for the reward model.
     roll = RolloutConfig(episodes=cfg.episodes, seed=seed, temperature=cfg.temperature, num_envs=cfg.batch_episodes,

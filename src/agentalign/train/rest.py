@@ -283,7 +283,8 @@ def run_pft(sft: str | Path, reward_dir: str | Path, trajectories: str | Path, p
     ids = split_ids(pset, len(store))[0] if cfg.rank == "train" else np.arange(len(store))
     final, rounds = run_rest(sft, Path(reward_dir), sft, out, cfg.rest, PFT_SEED + cfg.seed,
                              stored=(Path(trajectories), ids), progress=progress)  # fmt: skip
-    Policy.from_pretrained(final).save_pretrained(out, stage="preference_ft", parent=str(sft), reward_model=str(reward_dir))
+    Policy.from_pretrained(final).save_pretrained(out, stage="preference_ft", parent=str(sft.resolve()),
+                                                    reward_model=str(Path(reward_dir).resolve()))  # fmt: skip
     summary = {"rounds": rounds, "kept": rounds[-1]["kept"], "kept_pads": rounds[-1]["kept_pads"],
                "online_episodes": sum(r["ranked"] for r in rounds if r["source"] == "fresh"),
                "seconds": time.perf_counter() - t0}  # fmt: skip
