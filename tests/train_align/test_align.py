@@ -8,28 +8,16 @@ import pytest
 import torch
 
 from agentalign.data import open_store
-from agentalign.models import Policy
 from agentalign.train.align import AlignConfig, run_align
 from agentalign.train.reinforce import ReinforceConfig
 from agentalign.train.rest import ALIGN_SEED, ROUND_SEED_STEP, CloneConfig, RestConfig
+
+from .helpers import params, parent, same
 
 CLONE = CloneConfig(steps=2, batch_size=4, window=8, warmup=1, lr=1e-2, train_only="transformer", first_window_share=0.5)
 CFG = AlignConfig(reinforce=ReinforceConfig(episodes=8, batch_episodes=4, lr=1e-2),
                   rest=RestConfig(rounds=2, episodes=4, samples_per_start=2, keep=0.5, clone=CLONE),
                   sharpen=RestConfig(rounds=1, episodes=4, keep=0.5, temperature=0.3, clone=CLONE), seed=0)  # fmt: skip
-
-
-def _params(d):
-    return Policy.from_pretrained(d).state_dict()
-
-
-def _same(a, b) -> bool:
-    a, b = _params(a), _params(b)
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _parent(d) -> str:
-    return json.loads((d / "config.json").read_text())["parent"]
 
 
 def _rows(d):
@@ -48,16 +36,16 @@ def test_reinforce_then_rest_rounds_then_a_sharpen_and_a_resume_after_reinforce(
     assert summary["online_episodes"] == 20 == CFG.online_episodes
     assert summary["online_episodes"] == summary["reinforce"]["episodes"] + summary["rest"]["ranked"] + summary["sharpen"]["ranked"]
     # Each step starts from the last: rest round 0 from REINFORCE's policy, the sharpen from round 1's clone.
-    assert _parent(out / "rest" / "round0" / "model") == str((out / "reinforce").resolve())
-    assert _parent(out / "rest" / "round1" / "model") == str((out / "rest" / "round0" / "model").resolve())
-    assert _parent(out / "sharpen" / "round2" / "model") == str((out / "rest" / "round1" / "model").resolve())
-    assert not _same(out / "reinforce", tiny_stack["sft"])
+    assert parent(out / "rest" / "round0" / "model") == str((out / "reinforce").resolve())
+    assert parent(out / "rest" / "round1" / "model") == str((out / "rest" / "round0" / "model").resolve())
+    assert parent(out / "sharpen" / "round2" / "model") == str((out / "rest" / "round1" / "model").resolve())
+    assert not same(out / "reinforce", tiny_stack["sft"])
     # The sharpen's seeds continue the rounds' (round 2), at its own temperature.
     sharp = open_store(out / "sharpen" / "round2" / "episodes")
     assert {sharp.metadata(i)["rollout_seed"] for i in range(4)} == {ALIGN_SEED + 2 * ROUND_SEED_STEP}
     assert {sharp.metadata(i)["temperature"] for i in range(4)} == {0.3}
     # The final model: the sharpen's last clone.
-    assert _same(out, out / "sharpen" / "round2" / "model")
+    assert same(out, out / "sharpen" / "round2" / "model")
     meta = json.loads((out / "config.json").read_text())
     assert (meta["stage"], meta["parent"], meta["target"]) == ("align", str(tiny_stack["sft"]), "left")
     # metrics.jsonl: REINFORCE's two batches, then one row per ReST round at T = 1 (not the sharpen's).
@@ -72,7 +60,7 @@ def test_reinforce_then_rest_rounds_then_a_sharpen_and_a_resume_after_reinforce(
     assert json.loads((out / "align_summary.json").read_text())["online_episodes"] == 20
 
     # Killed after REINFORCE: the rounds and the final model are gone, REINFORCE's policy is there.
-    want, metrics = _params(out), (out / "metrics.jsonl").read_text()
+    want, metrics = params(out), (out / "metrics.jsonl").read_text()
     for d in ("rest", "sharpen"):
         shutil.rmtree(out / d)
     (out / "model.safetensors").unlink()
@@ -82,7 +70,7 @@ def test_reinforce_then_rest_rounds_then_a_sharpen_and_a_resume_after_reinforce(
     assert calls == []  # REINFORCE not replayed
     assert again["reinforce"] == summary["reinforce"]
     assert again["rest"] == summary["rest"] and again["sharpen"] == summary["sharpen"]
-    got = _params(out)
+    got = params(out)
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert (out / "metrics.jsonl").read_text() == metrics  # the rounds logged once
 
@@ -92,8 +80,8 @@ def test_rest_rounds_alone_start_from_the_policy_and_log_their_curve(tiny_stack,
     out = tmp_path / "align"
     summary = run_align(tiny_stack["sft"], tiny_stack["sft"], tiny_stack["rm"], out, cfg, "left")
     assert "reinforce" not in summary and "sharpen" not in summary and summary["online_episodes"] == 8
-    assert _parent(out / "rest" / "round0" / "model") == str(tiny_stack["sft"].resolve())
-    assert _same(out, out / "rest" / "round1" / "model")
+    assert parent(out / "rest" / "round0" / "model") == str(tiny_stack["sft"].resolve())
+    assert same(out, out / "rest" / "round1" / "model")
     rows = _rows(out)
     assert [(r["step"], r["align/episodes"], r["align/rest_round"]) for r in rows] == [(0, 4, 1), (1, 8, 2)]
 

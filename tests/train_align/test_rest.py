@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from agentalign.data import open_store
-from agentalign.models import Policy
 from agentalign.prefs import Preference, PreferenceSet
 from agentalign.train.rest import (
     PFT_SEED,
@@ -27,20 +26,9 @@ from agentalign.train.rest import (
     select_top,
 )
 
+from .helpers import params, parent, same
+
 CLONE = CloneConfig(steps=3, batch_size=4, window=8, warmup=1, lr=1e-2)  # head only, as the paper's
-
-
-def _params(d):
-    return Policy.from_pretrained(d).state_dict()
-
-
-def _same(a, b) -> bool:
-    a, b = _params(a), _params(b)
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _parent(d) -> str:
-    return json.loads((d / "config.json").read_text())["parent"]
 
 
 # ---- keep ----------------------------------------------------------------------------------------
@@ -87,9 +75,9 @@ def test_a_round_keeps_the_best_of_each_group_and_clones_them(tiny_stack, stored
     assert [top.metadata(i)["sample_seed"] for i in range(len(top))] == [store.metadata(i)["sample_seed"] for i in (1, 3, 5, 6)]
     np.testing.assert_array_equal(top.episode(1).frames, store.episode(3).frames)
     # The clone: from the start, into out/model, only the head trained (the default clone's).
-    changed = {k for k, v in _params(tiny_stack["sft"]).items() if not torch.equal(v, _params(tmp_path / "r" / "model")[k])}
+    changed = {k for k, v in params(tiny_stack["sft"]).items() if not torch.equal(v, params(tmp_path / "r" / "model")[k])}
     assert changed and all(k.startswith("head.") for k in changed)
-    assert _parent(tmp_path / "r" / "model") == str(tiny_stack["sft"].resolve())
+    assert parent(tmp_path / "r" / "model") == str(tiny_stack["sft"].resolve())
     assert json.loads((tmp_path / "r" / "model" / "config.json").read_text())["stage"] == "rest"
     # Without groups, the best half overall: 1, 6, 3, 2.
     r = rest_round(store, ids, scores, None, tiny_stack["sft"], tmp_path / "all", replace(cfg, clone=replace(CLONE, steps=1)), seed=5)
@@ -106,13 +94,13 @@ def test_a_min_score_drops_kept_episodes_below_it_and_nothing_above_it_keeps_the
     assert (r["kept"], r["below_min_score"]) == (2, 1) and r["mean_score_kept"] == pytest.approx(0.85)
     top = open_store(tmp_path / "kept" / "top")
     assert [top.metadata(i)["sample_seed"] for i in range(len(top))] == [store.metadata(i)["sample_seed"] for i in (1, 3)]
-    assert not _same(tmp_path / "kept" / "model", tiny_stack["sft"])
+    assert not same(tmp_path / "kept" / "model", tiny_stack["sft"])
     # None good enough: nothing cloned, the start saved unchanged, bit for bit.
     r = rest_round(store, ids, scores, None, tiny_stack["sft"], tmp_path / "none", replace(cfg, min_score=0.95), seed=0)
     assert (r["kept"], r["below_min_score"], r["mean_score_kept"]) == (0, 3, None)
     assert len(open_store(tmp_path / "none" / "top")) == 0
-    assert _same(tmp_path / "none" / "model", tiny_stack["sft"])
-    assert _parent(tmp_path / "none" / "model") == str(tiny_stack["sft"].resolve())
+    assert same(tmp_path / "none" / "model", tiny_stack["sft"])
+    assert parent(tmp_path / "none" / "model") == str(tiny_stack["sft"].resolve())
 
 
 def test_a_soup_is_the_mean_of_its_clones_weights(tiny_stack, stored, tmp_path):
@@ -122,9 +110,9 @@ def test_a_soup_is_the_mean_of_its_clones_weights(tiny_stack, stored, tmp_path):
     r = rest_round(store, ids, scores, None, tiny_stack["sft"], tmp_path / "soup", cfg, seed=4)
     one = rest_round(store, ids, scores, None, tiny_stack["sft"], tmp_path / "one", replace(cfg, soup=1), seed=4)
     assert r["kept"] == one["kept"] == 3
-    members = [_params(tmp_path / "soup" / "soup" / f"seed{j}") for j in range(2)]
-    soup = _params(tmp_path / "soup" / "model")
-    assert _same(tmp_path / "soup" / "soup" / "seed0", tmp_path / "one" / "model")  # member 0: the single clone's seed
+    members = [params(tmp_path / "soup" / "soup" / f"seed{j}") for j in range(2)]
+    soup = params(tmp_path / "soup" / "model")
+    assert same(tmp_path / "soup" / "soup" / "seed0", tmp_path / "one" / "model")  # member 0: the single clone's seed
     assert not torch.equal(members[0]["head.0.weight"], members[1]["head.0.weight"])  # member 1: another seed
     for k, v in soup.items():
         torch.testing.assert_close(v, (members[0][k].double() + members[1][k].double()).div(2).to(v.dtype), rtol=0, atol=1e-7)
@@ -159,18 +147,18 @@ def test_rounds_rank_the_stored_set_then_play_each_the_last_rounds_clone(tiny_st
         top = open_store(a / f"round{i}" / "top")
         assert sorted(top.metadata(k)["seed"] for k in range(2)) == sorted({starts[0], starts[2]})
     # Each round clones from the one before: round 1 played round 0's clone.
-    assert [_parent(a / f"round{i}" / "model") for i in range(3)] == [
+    assert [parent(a / f"round{i}" / "model") for i in range(3)] == [
         str(tiny_stack["sft"].resolve()), str((a / "round0" / "model").resolve()), str((a / "round1" / "model").resolve())]
-    assert not _same(a / "round0" / "model", a / "round1" / "model")
+    assert not same(a / "round0" / "model", a / "round1" / "model")
     # The same seed in another folder: bit-identical.
     run_rest(*args, tmp_path / "b", cfg, 7, stored=(stored["store"], np.arange(6)))
     for i in range(3):
-        assert _same(a / f"round{i}" / "model", tmp_path / "b" / f"round{i}" / "model")
+        assert same(a / f"round{i}" / "model", tmp_path / "b" / f"round{i}" / "model")
     # Killed in the last round's clone: it resumes, replays the rounds before, and ends bit-identical.
-    want = _params(final)
+    want = params(final)
     shutil.rmtree(a / "round2" / "model")
     again, resumed = run_rest(*args, a, cfg, 7, stored=(stored["store"], np.arange(6)))
-    got = _params(again)
+    got = params(again)
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert resumed == rounds
     merged = merge_rounds(rounds)
@@ -208,11 +196,11 @@ def test_preference_fine_tuning_ranks_the_stored_rollouts_then_grows(tiny_stack,
     assert sum(summary["kept_pads"].values()) == summary["kept"]
     played = open_store(out / "round1" / "episodes")
     assert played.metadata(0)["rollout_seed"] == PFT_SEED + 1 + ROUND_SEED_STEP
-    assert _same(out, out / "round1" / "model")
+    assert same(out, out / "round1" / "model")
     meta = json.loads((out / "config.json").read_text())
     assert (meta["stage"], meta["parent"], meta["reward_model"]) == ("preference_ft", str(tiny_stack["sft"]), str(tiny_stack["rm"]))
     assert json.loads((out / "pft_summary.json").read_text())["rounds"] == summary["rounds"]
-    changed = {k for k, v in _params(tiny_stack["sft"]).items() if not torch.equal(v, _params(out)[k])}
+    changed = {k for k, v in params(tiny_stack["sft"]).items() if not torch.equal(v, params(out)[k])}
     assert changed and all(k.startswith("head.") for k in changed)
 
 

@@ -25,8 +25,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "width", "layers", "heads", "ff_mult", "context", "stem_channels", "head_hidden"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+            if v <= 0:
+                raise ValueError(f"model.{name} must be positive, got {v!r}")
         if self.width % self.heads:
             raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
         if self.image_size % (4 * 2**self.encoder_stages):
