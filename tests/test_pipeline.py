@@ -90,7 +90,7 @@ def test_rerun_after_kill_redid_no_finished_stage(smoke_run):
     for s in first_done:
         assert f"{s:<14} done earlier" in stdout, s
     again = subprocess.run(_cmd(out), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == len(STAGES) + 1
+    assert again.returncode == 0 and again.stdout.count("done earlier") == len(STAGES)  # all but the report, a view made again
 
 
 def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
@@ -106,7 +106,13 @@ def test_bad_input_is_refused_before_any_work(smoke_run, tmp_path):
     assert r.returncode == 2 and "sft.stepz" in r.stderr
     r = subprocess.run(_cmd(tmp_path / "t", "--set", "deploy.temperature=0"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "deploy: temperature must lie in (0, 1]" in r.stderr
-    assert not any((tmp_path / d).exists() for d in ("x", "z", "t"))
+    r = subprocess.run(_cmd(tmp_path / "d", "--set", "pretrain.device=tpu"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "pretrain.device: 'tpu'" in r.stderr
+    (tmp_path / "mine.toml").write_text('extends = "smoke"\n[pretrain]\nstepz = 3\n')
+    r = subprocess.run(["agentalign", "pipeline", "--config", str(tmp_path / "mine.toml"), "--out", str(tmp_path / "f")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and f"{tmp_path / 'mine.toml'}: unknown config key 'pretrain.stepz'" in r.stderr
+    assert not any((tmp_path / d).exists() for d in ("x", "z", "t", "d", "f"))
 
 
 def test_stage_commands_on_the_smoke_outputs(smoke_run, tmp_path):

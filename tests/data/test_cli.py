@@ -34,7 +34,7 @@ def test_verify_ok_and_damaged(store: Path) -> None:
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     result = runner.invoke(data_app, ["info", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and "no such store directory" in result.output
+    assert result.exit_code == 2 and "no such store directory" in result.output  # bad input
 
 
 def test_import_be(tmp_path: Path) -> None:

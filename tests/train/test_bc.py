@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from agentalign.config import ConfigError, build_config, config_to_dict
+from agentalign.data import StoreReader
 from agentalign.io import read_metrics
 from agentalign.models import Policy, model_preset
 from agentalign.models.distribution import N_LOGITS
+from agentalign.models.reward import checkpoint_fingerprint
 from agentalign.train import bc as bc_module
 from agentalign.train.bc import BC_PRESETS, BCConfig, bc_preset, previous_actions, train_bc
 from agentalign.train.common import adamw_param_groups, lr_at, seed_everything
@@ -159,7 +161,7 @@ def test_a_short_run_trains_and_writes_its_outputs(pretrained, store):
     meta = json.loads((out / "config.json").read_text())
     assert meta["stage"] == "smoke" and meta["step"] == 4 and meta["parent"] is None and len(meta["dataset_id"]) == 32
     run_config = json.loads((out / "run_config.json").read_text())
-    assert run_config == {"bc": config_to_dict(cfg), "data": str(store), "model": config_to_dict(TINY), "init": None,
+    assert run_config == {"bc": config_to_dict(cfg), "data": StoreReader(store).dataset_id, "model": config_to_dict(TINY), "init": None,
                           "stage": "smoke"}  # fmt: skip
     assert Policy.from_pretrained(out).cfg == TINY
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
@@ -179,9 +181,11 @@ def test_a_finished_run_returns_at_once_and_another_config_is_refused(pretrained
         (dict(cfg=replace(cfg, lr=1e-3)), r"bc.lr: 0.0003 there, 0.001 now"),
         (dict(model=model_preset("tiny", dropout=0.1)), r"model.dropout: 0.0 there, 0.1 now"),
         (dict(stage="pretrain"), r"stage: 'smoke' there, 'pretrain' now"),
-        (dict(data=out.parent / "elsewhere"), r"data: '.*' there, '.*elsewhere' now"),
     ]
+    # The data and the starting checkpoint are identified by content: the same store at another path
+    # (moved, or given relative) is the same run.
     shutil.copytree(store, out.parent / "elsewhere", dirs_exist_ok=True)
+    assert train_bc(cfg, out.parent / "elsewhere", out, model=TINY, stage="smoke", progress=False)["already_finished"]
     for change, pattern in refused:
         kw = dict(cfg=cfg, data=store, model=TINY, stage="smoke") | change
         with pytest.raises(ValueError, match=r"different config \(" + pattern):
@@ -201,7 +205,7 @@ def test_partial_training_changes_only_what_it_trains(pretrained, store, tmp_pat
         assert same != k.startswith(trained), k
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["parent"] == str(base_dir.resolve()) and meta["stage"] == "preference"
-    assert json.loads((tmp_path / "run_config.json").read_text())["init"] == str(base_dir)
+    assert json.loads((tmp_path / "run_config.json").read_text())["init"] == checkpoint_fingerprint(base_dir)
 
 
 def test_frame_features_are_the_encoders_output_for_every_window(pretrained, store):
@@ -279,7 +283,64 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tm
     assert_same(params(straight), params(broken))
     assert [r["step"] for r in read_metrics(broken)] == list(range(1, 8))  # step 4 once, not twice
     assert [r["train/loss"] for r in read_metrics(broken)] == [r["train/loss"] for r in read_metrics(straight)]
-    assert len(list((broken / "train_state").iterdir())) == 2  # latest.json and one snapshot
+    latest = json.loads((broken / "train_state" / "latest.json").read_text())
+    assert sorted(p.name for p in (broken / "train_state").iterdir()) == sorted(
+        ["latest.json", latest["snapshot"], latest["previous"]])  # the newest snapshot and the one before
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_bit_identically(store, tmp_path, monkeypatch):
+    cfg, kw = smoke(steps=7, checkpoint_every=2), dict(model=model_preset("tiny", dropout=0.1), progress=False)
+    straight = tmp_path / "straight"
+    train_bc(cfg, store, straight, **kw)
+
+    broken = tmp_path / "broken"
+    real, calls = bc_module.previous_actions, []
+
+    def crash_at_step_5(actions):
+        calls.append(1)
+        if len(calls) == 5:  # after the checkpoints at steps 2 and 4
+            raise Crash
+        return real(actions)
+
+    monkeypatch.setattr(bc_module, "previous_actions", crash_at_step_5)
+    with pytest.raises(Crash):
+        train_bc(cfg, store, broken, **kw)
+    monkeypatch.setattr(bc_module, "previous_actions", real)
+    latest = json.loads((broken / "train_state" / "latest.json").read_text())
+    assert latest["step"] == 4 and latest["previous"].startswith("step-000000002-")
+    damaged = broken / "train_state" / latest["snapshot"] / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a disk that filled up, a copy cut short
+
+    with pytest.warns(UserWarning, match=rf"{damaged} is damaged .*previous checkpoint \(step 2\)"):
+        summary = train_bc(cfg, store, broken, **kw)
+    assert summary["resumed_from"] == 2
+    assert_same(params(straight), params(broken))
+    assert [r["step"] for r in read_metrics(broken)] == list(range(1, 8))
+    assert [r["train/loss"] for r in read_metrics(broken)] == [r["train/loss"] for r in read_metrics(straight)]
+    assert not damaged.parent.exists()
+
+
+def test_a_damaged_only_checkpoint_is_an_error_naming_it(store, tmp_path, monkeypatch):
+    cfg, kw = smoke(steps=4, checkpoint_every=2), dict(model=TINY, progress=False)
+    real, calls = bc_module.previous_actions, []
+
+    def crash_at_step_3(actions):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash
+        return real(actions)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(bc_module, "previous_actions", crash_at_step_3)
+    with pytest.raises(Crash):
+        train_bc(cfg, store, out, **kw)
+    monkeypatch.setattr(bc_module, "previous_actions", real)
+    latest = json.loads((out / "train_state" / "latest.json").read_text())
+    assert latest["step"] == 2 and latest.get("previous") is None
+    damaged = out / "train_state" / latest["snapshot"] / "optimizer.safetensors"
+    damaged.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"^{damaged} is damaged \(.+\).*delete {out} or rerun the stage"):
+        train_bc(cfg, store, out, **kw)
 
 
 # -- bad input, caught before any work -----------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+from agentalign.data import StoreReader
+
 
 def run(*args):
     return subprocess.run(["agentalign", *args], capture_output=True, text=True, timeout=300)
@@ -21,7 +23,7 @@ def test_pretrain_then_sft_from_the_command_line(store, tmp_path):
     assert "smoke 3 steps" in line and "final loss" in line and " s (" in line
     saved = json.loads((base / "run_config.json").read_text())
     assert saved["bc"]["steps"] == 3 and saved["bc"]["lr"] == 1e-3 and saved["bc"]["batch_size"] == 2
-    assert saved["data"] == str(store) and saved["model"]["width"] == 32 and saved["stage"] == "smoke"
+    assert saved["data"] == StoreReader(store).dataset_id and saved["model"]["width"] == 32 and saved["stage"] == "smoke"
 
     r = run("sft", "--data", str(store), "--out", str(tuned), "--init", str(base), "--set", "steps=2",
             "--set", "batch_size=2", "--no-progress")  # fmt: skip

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from agentalign.cli import align, eval, reward, train  # noqa: E402
+from agentalign.cli.common import main  # noqa: E402,F401  (the entry point)
 from agentalign.cli.data import data_app  # noqa: E402
 from agentalign.cli.env import env_app  # noqa: E402
 from agentalign.cli.pipeline import config_app, pipeline  # noqa: E402
@@ -29,4 +30,4 @@ reward.register(app)  # prefs, reward
 align.register(app)  # pft, align, dpo
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

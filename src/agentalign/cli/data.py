@@ -1,7 +1,9 @@
 """`agentalign data ...`: inspect, verify, import and export episode stores.
 
-Thin: each command parses its arguments and calls one function of agentalign.data. Errors in
-the data (a bad store, a bad clip) print one clear line and exit with status 1.
+Thin: each command parses its arguments and calls one function of agentalign.data. Bad input (a
+missing or invalid store, a bad clip or dataset, bad arguments) prints one clear line naming the
+file and exits with status 2, like every other command; a failure during the work (I/O) exits 1
+through the top-level handler. `data verify` exits 1 when it finds damage: that is its finding.
 """
 
 from __future__ import annotations
@@ -12,20 +14,17 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from agentalign.cli.common import checked
+from agentalign.cli.common import checked, fail
 
 data_app = typer.Typer(help="Inspect, verify, import and export episode stores.", no_args_is_help=True)
 
 
-def _run(fn: Callable[[], Any]) -> Any:
-    from agentalign.data.bleeding_edge import ClipError
-    from agentalign.data.store import StoreError
-
+def _minari_checked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`checked`, and a missing optional minari/h5py is bad input too (exit 2, how to install)."""
     try:
-        return fn()
-    except (StoreError, ClipError, FileExistsError, ValueError, ImportError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        return checked(fn, *args, **kwargs)
+    except ImportError as e:
+        fail(str(e))
 
 
 def _format_info(info: dict[str, Any]) -> str:
@@ -55,7 +54,7 @@ def info(
     """Counts, jump-pad and character distributions and episode lengths (metadata only)."""
     from agentalign.data.store import StoreReader
 
-    summary = _run(lambda: StoreReader(path).info())
+    summary = checked(lambda: StoreReader(path).info())
     typer.echo(json.dumps(summary, indent=2) if as_json else _format_info(summary))
 
 
@@ -64,10 +63,13 @@ def verify(
     path: Path = typer.Argument(..., help="Store directory."),
     deep: bool = typer.Option(False, "--deep", help="Also decompress every block."),
 ) -> None:
-    """Check every chunk file's size and checksum; name each damaged file. Exit 1 on damage."""
+    """Check every chunk file's size and checksum; name each damaged file.
+
+    Exit status 1 means damage was found (its finding); 2 means bad input (no store, no manifest).
+    """
     from agentalign.data.store import verify as verify_store
 
-    report = _run(lambda: verify_store(path, deep=deep))
+    report = checked(verify_store, path, deep=deep)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
@@ -77,14 +79,19 @@ def verify(
 def import_be(
     src: Path = typer.Argument(..., help="Directory of Bleeding-Edge-layout clips (.npz, optional .mp4)."),
     dst: Path = typer.Argument(..., help="Store to create or append to."),
-    size: int = typer.Option(64, "--size", help="Square image size of the store."),
+    size: int = typer.Option(64, "--size", min=1, help="Square image size of the store."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad clips and go on instead of stopping."),
 ) -> None:
-    """Import recorded gameplay clips, resized to SIZE x SIZE."""
+    """Import recorded gameplay clips, resized to SIZE x SIZE.
+
+    Each clip is an .npz with 'actions' (T, 16) and 'frames' (T, H, W, 3) uint8 (or a <clip>.mp4
+    beside it). No clips, or only bad ones, is an error; rerunning resumes a stopped import.
+    """
     from agentalign.data.bleeding_edge import import_bleeding_edge
 
-    report = _run(lambda: import_bleeding_edge(src, dst, (size, size), skip_bad=skip_bad))
-    typer.echo(f"imported {report.imported} clips ({report.steps} steps) into {dst}")
+    report = checked(import_bleeding_edge, src, dst, (size, size), skip_bad=skip_bad)
+    already = f"; {report.already} were already there" if report.already else ""
+    typer.echo(f"imported {report.imported} clips ({report.steps} steps) into {dst}{already}")
     for reason in report.skipped:
         typer.echo(f"skipped: {reason}", err=True)
 
@@ -95,10 +102,10 @@ def export_minari(
     dst: Path = typer.Argument(..., help="Minari dataset directory to create (data/ goes inside)."),
     dataset_id: str = typer.Option("agentalign/skygarden-v0", "--dataset-id", help="Minari dataset id."),
 ) -> None:
-    """Write the store as a lossless Minari dataset (HDF5, no JPEG)."""
+    """Write the store as a lossless Minari dataset (HDF5, no JPEG), all at once or not at all."""
     from agentalign.data.minari_io import export_minari as export
 
-    data_path = _run(lambda: export(store, dst, dataset_id=dataset_id))
+    data_path = _minari_checked(export, store, dst, dataset_id=dataset_id)
     typer.echo(f"wrote Minari dataset {dataset_id} to {data_path}")
 
 
@@ -106,12 +113,12 @@ def export_minari(
 def import_minari(
     src: str = typer.Argument(..., help="Minari dataset directory, or the id of a local Minari dataset."),
     dst: Path = typer.Argument(..., help="Store to create or append to."),
-    size: int = typer.Option(0, "--size", help="Square image size; 0 keeps the dataset's size."),
+    size: int = typer.Option(0, "--size", min=0, help="Square image size; 0 keeps the dataset's size."),
 ) -> None:
     """Append a Minari dataset's episodes to a store."""
     from agentalign.data.minari_io import import_minari as do_import
 
-    n = _run(lambda: do_import(src, dst, size=(size, size) if size else None))
+    n = _minari_checked(do_import, src, dst, size=(size, size) if size else None)
     typer.echo(f"imported {n} episodes into {dst}")
 
 
@@ -129,11 +136,13 @@ def data_generate(
 
     from tqdm import tqdm
 
+    from agentalign.io import check_writable
     from agentalign.players.generate import generate
     from agentalign.players.generate import preset as get_preset
 
     overrides = {k: v for k, v in dict(episodes=episodes, seed=seed, num_envs=num_envs).items() if v is not None}
     cfg = checked(get_preset, preset, **overrides)
+    checked(check_writable, out)
     start = time.perf_counter()
     with tqdm(total=cfg.episodes, unit="ep", desc=f"generate {preset}", disable=None) as bar:
         def progress(k: int, total: int) -> None:
@@ -162,6 +171,8 @@ def data_sheet(
     from agentalign.envs.skygarden import topdown
 
     store = checked(open_store, path)
+    if len(store) == 0:
+        fail(f"{path}: the store holds no episodes; nothing to draw")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(store), size=min(samples, len(store)), replace=False)
     frames = []

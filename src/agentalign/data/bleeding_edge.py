@@ -10,7 +10,8 @@ The layout: a directory (searched recursively) of per-clip `.npz` files, each ho
 
 Other per-step numeric arrays with T rows are kept as privileged extras. Frames are resized to
 the store's resolution with an area (box) filter, as the paper resized to 128x128. Every problem
-raises ClipError naming the file and the field. Files are read with allow_pickle=False.
+raises ClipError naming the file and the field (and, for a file that is not a clip at all, what a
+clip holds). Files are read with allow_pickle=False: Python objects in a file are refused.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ import numpy as np
 from PIL import Image
 
 from agentalign.data.episode import Episode
-from agentalign.data.store import StoreWriter, WriterConfig
+from agentalign.data.store import StoreWriter, WriterConfig, no_empty_store_on_failure
 from agentalign.envs.gamepad import ACTION_DIM, validate_actions
 
 FRAME_KEYS = ("frames", "obs")
+LAYOUT = (
+    "a Bleeding Edge clip is an .npz holding 'actions' (T, 16) and 'frames' (or 'obs') (T, H, W, 3) uint8, "
+    "or a video <clip>.mp4 beside it instead of frames"
+)
 
 
 class ClipError(ValueError):
@@ -99,6 +104,36 @@ def _read_video(path: Path, size: tuple[int, int]) -> np.ndarray:
     return np.stack(frames)
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The clip's arrays: 'actions' and the frame field must read; other fields that do not
+    (Python objects, damaged members) are left out, as extras only keep numeric arrays anyway."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except ValueError:  # neither .npz nor .npy magic: numpy would unpickle it, which we never do
+        raise ClipError(f"{path}: not an .npz archive (nor .npy; pickled data is never loaded); {LAYOUT}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ClipError(f"{path}: not a readable .npz, or truncated ({e}); {LAYOUT}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ClipError(f"{path}: a single .npy array, not an .npz archive; {LAYOUT}")
+    with npz:
+        names = sorted(npz.files)
+        if "actions" not in names:
+            raise ClipError(f"{path}: field 'actions' is missing (the file holds {names}); {LAYOUT}")
+        arrays = {}
+        for key in names:
+            try:
+                arrays[key] = npz[key]
+            except ValueError:  # an object array, which would need pickle
+                if key == "actions" or key in FRAME_KEYS:
+                    kind = "(T, 16) numbers" if key == "actions" else "(T, H, W, 3) uint8 images"
+                    raise ClipError(
+                        f"{path}: field '{key}' holds Python objects (pickled data, never loaded); expected {kind}"
+                    ) from None
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise ClipError(f"{path}: field '{key}' is damaged or truncated ({e})") from None
+    return arrays
+
+
 def load_clip(npz_path: str | Path, size: tuple[int, int], name: str | None = None) -> Episode:
     """One clip -> an Episode at `size` (H, W); raises ClipError naming file and field.
 
@@ -107,15 +142,7 @@ def load_clip(npz_path: str | Path, size: tuple[int, int], name: str | None = No
     path = Path(npz_path)
     if not path.is_file():
         raise ClipError(f"{path}: no such clip file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except ValueError as e:  # object arrays (which would need pickle) land here too
-        raise ClipError(f"{path}: cannot read ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ClipError(f"{path}: not a readable .npz, or truncated ({e})") from None
-    if "actions" not in arrays:
-        raise ClipError(f"{path}: field 'actions' is missing (the file holds {sorted(arrays)})")
+    arrays = _read_npz(path)
     actions = _read_actions(path, arrays.pop("actions"))
     t = len(actions)
     if t == 0:
@@ -159,6 +186,7 @@ class ImportReport:
     imported: int = 0
     steps: int = 0
     skipped: list[str] = field(default_factory=list)  # "file: reason" for clips left out
+    already: int = 0  # clips of src that an earlier import put in the store
 
 
 def import_bleeding_edge(
@@ -175,16 +203,27 @@ def import_bleeding_edge(
     recorded in the report instead and the import goes on. Clips already imported (same
     `clip` name, the path relative to `src` without suffix) are skipped, so a killed import
     resumes where it stopped.
+
+    A folder with no clips, or one whose clips are all bad (skip_bad=True), raises ClipError. A
+    failed import into a new store leaves no empty store behind (a folder that was already there
+    stays); clips it committed before the failure stay, for a rerun to resume.
     """
     root = Path(src)
     clips = {p.relative_to(root).with_suffix("").as_posix(): p for p in find_clips(root)}
+    if not clips:
+        raise ClipError(f"{root}: no .npz clips in this folder or below; {LAYOUT}")
     report = ImportReport()
-    with StoreWriter(dst, image_size=size, config=config) as writer:
+    with no_empty_store_on_failure(dst), StoreWriter(dst, image_size=size, config=config) as writer:
         done = {c for c in writer.durable_values("clip") if c is not None}
+        report.already = len(done & clips.keys())
         for episode in _episodes(clips, size, skip_bad, report, done):
             writer.add(episode)
             report.imported += 1
             report.steps += len(episode)
+        if report.imported == 0 and report.already == 0:
+            raise ClipError(
+                f"{root}: no clip could be imported ({len(clips)} bad); the first: {report.skipped[0]}"
+            )
     return report
 
 

@@ -26,6 +26,7 @@ streams pixels from disk through a byte-bounded LRU cache of decompressed blocks
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import errno
@@ -33,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 from collections import Counter, OrderedDict
@@ -892,6 +894,86 @@ def _decode_all(bin_path: Path, records: list[dict[str, Any]], manifest: dict[st
                 )
                 break
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Imports that fail leave no empty store behind
+
+
+def missing_dirs(path: PathLike) -> list[Path]:
+    """`path` (made absolute) and those of its ancestors that do not exist yet, deepest first."""
+    out = []
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_made_dirs(made: list[Path]) -> None:
+    """Remove the folders of `missing_dirs` that are still empty, deepest first."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else's now), or already gone
+            if d.exists():
+                break
+
+
+@contextlib.contextmanager
+def no_empty_store_on_failure(path: PathLike) -> Iterator[None]:
+    """Around filling the store `path`: if that fails before any episode is committed to a store
+    it created, remove what it created (the store's files, and the folders it made) and re-raise.
+
+    A folder the user already had is kept (only the store's own files go); a store that existed
+    before, or one that committed episodes (a rerun resumes it), is left as it is.
+    """
+    root = Path(os.path.abspath(path))
+    if (root / MANIFEST).is_file():
+        yield
+        return
+    made = missing_dirs(root)
+    had = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        _remove_empty_store(root, made, had)
+        raise
+
+
+def _remove_empty_store(root: Path, made: list[Path], had: set[str]) -> None:
+    if not root.is_dir():
+        remove_made_dirs(made)
+        return
+    try:
+        if _read_manifest(root)["n_episodes"] > 0:
+            return
+    except StoreError:
+        pass  # no committed manifest: nothing of value was written
+    lock = root / LOCK
+    try:
+        fd: int | None = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another writer has it open (it made the store meanwhile): not ours to remove
+        if made and made[0] == root:
+            shutil.rmtree(root, ignore_errors=True)
+            remove_made_dirs(made[1:])
+            return
+        for name in sorted({MANIFEST, MANIFEST + TMP_SUFFIX, CHUNK_DIR, LOCK} - had):
+            p = root / name
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def open_store(path: PathLike, **kwargs: Any) -> StoreReader:

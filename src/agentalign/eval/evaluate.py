@@ -25,7 +25,7 @@ import numpy as np
 from agentalign.envs.skygarden import world as W
 from agentalign.eval.figures import plot_heatmaps, plot_jump_pads, write_episode_videos
 from agentalign.eval.metrics import by_spawn, by_start, flat_metrics, length_summary, pad_distribution, stuck
-from agentalign.io import atomic_write_json
+from agentalign.io import atomic_write_json, check_writable
 from agentalign.rollout.engine import RolloutConfig, RolloutStats, rollout
 from agentalign.rollout.recording import RANDOM, load_actor, save_trajectories
 
@@ -40,6 +40,7 @@ def evaluate(checkpoint_or_policy: Any, out_dir: str | Path, episodes: int = 100
     `size` px) over `episodes` episodes; write the files above and return eval.json's content.
 
     All arguments are checked before any episode runs."""
+    check_writable(out_dir)  # a read-only --out is refused before any work
     if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
         raise ValueError(f"videos must be a non-negative integer, got {videos!r}")
     cfg = RolloutConfig(episodes=episodes, seed=seed, temperature=temperature, num_envs=num_envs,

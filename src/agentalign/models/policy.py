@@ -192,28 +192,52 @@ class Policy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "Policy":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         d = Path(directory)
         meta = read_checkpoint_config(d, kind="policy")
-        model = cls(PolicyConfig.from_dict(meta["model"]))
-        state = load_file(d / "model.safetensors", device=map_location)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        path = d / "model.safetensors"
+        if not isinstance(meta.get("model"), dict):
+            raise ValueError(f"{d / 'config.json'} is damaged (no model settings); {RERUN}")
+        try:
+            model = cls(PolicyConfig.from_dict(meta["model"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{d / 'config.json'} is damaged (model: {e}); {RERUN}") from None
+        try:
+            state = load_file(path, device=map_location)
+        except SafetensorError as e:  # truncated, or not a safetensors file at all
+            raise ValueError(f"{path} is damaged ({e}); {RERUN}") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # tensors of other shapes
+            raise ValueError(f"{path} does not match its config.json ({str(e).splitlines()[-1].strip()}); {RERUN}") from None
         if missing or unexpected:
-            raise ValueError(f"{d / 'model.safetensors'} does not match its config.json: "
+            raise ValueError(f"{path} does not match its config.json: "
                              f"missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}")  # fmt: skip
         return model
 
 
+RERUN = "rerun the stage that made it"
+
+
 def read_checkpoint_config(directory: str | Path, kind: str) -> dict:
-    """config.json of a checkpoint directory, checked for presence, schema and kind."""
+    """config.json of a checkpoint directory, checked for presence, schema and kind; a garbled one
+    is a ValueError naming it."""
     d = Path(directory)
     path = d / "config.json"
     if not path.is_file():
+        if (d / "model.safetensors").is_file():  # a checkpoint cut short
+            raise ValueError(f"{path} is missing beside model.safetensors; {RERUN}")
         raise ValueError(f"{d}: not a checkpoint (no config.json)")
     if not (d / "model.safetensors").is_file():
         raise ValueError(f"{d}: not a checkpoint (no model.safetensors)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes())
+    except ValueError as e:  # not JSON, or not text (UnicodeDecodeError is a ValueError)
+        raise ValueError(f"{path} is damaged ({e}); {RERUN}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(meta).__name__}, not an object); {RERUN}")
     if meta.get("schema") != CHECKPOINT_SCHEMA:
         raise ValueError(f"{path}: checkpoint schema {meta.get('schema')!r}, this version reads {CHECKPOINT_SCHEMA}")
     if meta.get("kind") != kind:

@@ -21,6 +21,7 @@ from agentalign.players.generate import GenerateConfig
 from agentalign.players.generate import preset as data_preset
 from agentalign.train.align import AlignConfig
 from agentalign.train.bc import BCConfig, bc_preset
+from agentalign.train.common import resolve_device
 from agentalign.train.dpo import DPOConfig
 from agentalign.train.rest import PreferenceFTConfig
 from agentalign.train.reward import RewardTrainConfig
@@ -141,6 +142,14 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         W.pad_index(self.target)
+        for stage in ("pretrain", "sft", "scratch"):  # before any work: a device this machine lacks
+            name = getattr(self, stage).device
+            try:
+                kind = resolve_device(name).type
+            except ValueError as e:
+                raise ValueError(f"{stage}.{e}") from None
+            if kind not in ("cpu", "cuda"):
+                raise ValueError(f"{stage}.device: {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
         if self.prefs.train >= self.prefs.rollout_episodes - 1:
             raise ValueError(f"prefs.train ({self.prefs.train}) must leave held-out trajectories of the "
                              f"{self.prefs.rollout_episodes} rollouts")  # fmt: skip

@@ -35,9 +35,9 @@ class Stage:
     config: Any  # what the stage's hash covers
     run: Callable[["Run"], dict]  # returns its headline figures
     headline: Callable[[dict], str] = lambda r: ""
-    # A summary of other stages' outputs (the report): when its inputs changed (--reproduce added
-    # stages, say), it is simply made again rather than refused.
-    redo_when_stale: bool = False
+    # A view of other stages' outputs (the report): made again on every invocation, so it shows the
+    # folder as it is now (moved, or with --reproduce's stages added), never refused as stale.
+    always_redo: bool = False
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -75,7 +75,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     if cfg.reproduce.enabled:
         stages += _reproduce_stages(cfg, {s.name for s in stages})
     stages.append(Stage("report", tuple(s.name for s in stages), {}, F.STAGE_FUNCTIONS["report"], lambda r: r.get("path", ""),
-                        redo_when_stale=True))  # fmt: skip
+                        always_redo=True))  # fmt: skip
     return stages
 
 

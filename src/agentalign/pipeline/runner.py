@@ -17,19 +17,21 @@ hashes do not cover it, so turning it on keeps a finished run's stages.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from agentalign.config import config_to_dict
-from agentalign.io import atomic_write_json, json_safe
+from agentalign.io import atomic_write_json, check_writable, json_safe
 from agentalign.models import Policy
 from agentalign.pipeline.config import PipelineConfig
 from agentalign.pipeline.plan import plan, reproduce_plan
@@ -101,7 +103,7 @@ def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
     for k, s in enumerate(run.stages):
         m = run.marker(s.name)
         stale = m is not None and m.get("hash") != run.stage_hash(s.name, memo)
-        if k >= rerun_from or m is None or (stale and s.redo_when_stale):
+        if k >= rerun_from or m is None or s.always_redo:
             todo.append(s.name)
         elif stale:
             conflicts.append(s.name)
@@ -110,6 +112,55 @@ def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
                          f"{', '.join(conflicts)}. Use another --out, or rerun from the first of them with "
                          f"--from {conflicts[0]}")  # fmt: skip
     return todo
+
+
+def verify_outputs(d: Path) -> None:
+    """Before a stage is marked done: every checkpoint it wrote (d/model/*.safetensors and
+    config.json) loads. A damaged one is a ValueError naming it, and the stage stays unfinished."""
+    from safetensors import safe_open
+
+    for f in sorted((d / "model").glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    st.get_slice(k)  # reads the header and checks each tensor's extent against the file
+            if f.stat().st_size < 8:
+                raise ValueError("too short")
+        except Exception as e:
+            raise ValueError(f"{f} is damaged ({e}); run the same command again to redo its stage") from None
+    for f in sorted((d / "model").glob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except ValueError as e:
+            raise ValueError(f"{f} is damaged ({e}); run the same command again to redo its stage") from None
+
+
+class RunFolderLocked(RuntimeError):
+    """Another process holds the run folder: a failure of this invocation, not of its input."""
+
+
+@contextmanager
+def run_folder_lock(out: Path):
+    """An advisory lock on the run folder for the whole pipeline: a second pipeline on the same
+    folder is refused at once instead of training into the same stages."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunFolderLocked(f"{out} is in use by another agentalign pipeline ({holder}); wait for it to "
+                                  f"finish, or choose another --out") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _prepare_stage_dir(d: Path, stage_hash: str) -> None:
@@ -131,20 +182,25 @@ def _fmt_time(s: float) -> str:
 
 def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = None,
                  echo: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Run (or resume) every stage; returns {stage: headline figures}."""
+    """Run (or resume) every stage; returns {stage: headline figures}. Everything that can be
+    checked is checked before any work: the stages to run, the folder's writability and space."""
     run = Run(out, cfg)
     todo = check_run_folder(run, from_stage)
+    check_writable(run.out)
     run.out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(run.out).free
     need = _disk_estimate(cfg)
     if free < need:
         raise ValueError(f"{run.out}: {free / 2**30:.1f} GiB free, the planned datasets need about {need / 2**30:.1f} GiB")
-    atomic_write_json(run.out / "pipeline.json", {"config": config_to_dict(cfg), "machine": machine_info()})
-    if from_stage is not None:  # forget what is downstream of the rerun point
+    with run_folder_lock(run.out):
+        return _run_stages(run, todo, from_stage, echo)
+
+
+def _run_stages(run: Run, todo: list[str], from_stage: str | None, echo: Callable[[str], None]) -> dict:
+    atomic_write_json(run.out / "pipeline.json", {"config": config_to_dict(run.cfg), "machine": machine_info()})
+    if from_stage is not None:  # the rerun point and everything after it start from nothing
         for name in todo:
-            m = run.dir(name) / "stage.json"
-            if m.exists():
-                m.unlink()
+            shutil.rmtree(run.dir(name), ignore_errors=True)
     results: dict[str, dict] = {}
     memo: dict = {}
     n = len(run.stages)
@@ -157,9 +213,11 @@ def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = 
             echo(f"[{k:>2}/{n}] {s.name:<{width}} done earlier ({_fmt_time(marker['seconds'])})  {s.headline(marker['result'])}")
             continue
         t0 = time.perf_counter()
+        (run.dir(s.name) / "stage.json").unlink(missing_ok=True)
         _prepare_stage_dir(run.dir(s.name), run.stage_hash(s.name, memo))
         atomic_write_json(run.dir(s.name) / "stage_config.json", _plain(s.config))
         result = json_safe(s.run(run))
+        verify_outputs(run.dir(s.name))
         dt = time.perf_counter() - t0
         results[s.name] = result
         atomic_write_json(run.dir(s.name) / "stage.json", {"hash": run.stage_hash(s.name, memo), "seconds": dt,

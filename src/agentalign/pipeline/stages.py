@@ -10,9 +10,11 @@ evaluation, behaviour_clone) make its variants' folders from other inputs, named
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from agentalign.data import open_store
 from agentalign.eval import evaluate
 from agentalign.eval.report import write_report
 from agentalign.models import PolicyConfig
@@ -83,11 +85,14 @@ def eval_scratch(run: "Run") -> dict:
 
 
 def record(run: "Run", name: str, policy: str, episodes: int, seed: int) -> dict:
-    """`episodes` rollouts of stage `policy`'s agent into name/store, for preferences."""
-    r = record_rollouts(run.dir(policy) / "model", _store(run, name),
-                        RolloutConfig(episodes=episodes, seed=seed, temperature=run.cfg.prefs.temperature),
-                        size=run.cfg.model.image_size)  # fmt: skip
-    return {"episodes": int(r["episodes"]), "new_jump_pads": r["jump_pads"]}
+    """`episodes` rollouts of stage `policy`'s agent into name/store, for preferences; the pads
+    reached by all of them (not only those this call wrote, so a resumed stage reports the same)."""
+    record_rollouts(run.dir(policy) / "model", _store(run, name),
+                    RolloutConfig(episodes=episodes, seed=seed, temperature=run.cfg.prefs.temperature),
+                    size=run.cfg.model.image_size)  # fmt: skip
+    store = open_store(_store(run, name))
+    pads = Counter(store.metadata(i)["jump_pad"] for i in range(len(store)))
+    return {"episodes": len(store), "jump_pads": {p: pads.get(p, 0) for p in ("left", "middle", "right", "none")}}
 
 
 def rollouts(run: "Run") -> dict:
@@ -180,7 +185,7 @@ def eval_dpo(run: "Run") -> dict:
 
 def report(run: "Run") -> dict:
     run.write_results()
-    return {"path": str(write_report(run.out))}
+    return {"path": write_report(run.out).name}  # relative to the run folder, which may move
 
 
 STAGE_FUNCTIONS = {

@@ -117,12 +117,31 @@ class PreferenceSet:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"preference file {p} does not exist")
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+
+        def garbage(line: int, why: object) -> ValueError:
+            return ValueError(f"{p}: not a preference file (line {line}: {why})")
+
+        data = p.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:  # a binary file, or one in another encoding
+            raise garbage(data.count(b"\n", 0, e.start) + 1, e) from None
+        # (file line number, text) of each non-blank line: numbers a person finds in an editor.
+        lines = [(k + 1, ln) for k, ln in enumerate(text.split("\n")) if ln.strip()]
         if not lines:
             raise ValueError(f"{p}: empty preference file (no header)")
-        header = json.loads(lines[0])
+        rows = []
+        for k, ln in lines:
+            try:
+                rows.append((k, json.loads(ln)))
+            except ValueError as e:
+                raise garbage(k, e) from None
+        (k0, header), records = rows[0], rows[1:]
+        if not isinstance(header, dict) or "schema" not in header:
+            raise garbage(k0, f"the header is not an object with a schema: {lines[0][1][:60]!r}")
         if header.get("schema") != PREFS_SCHEMA:
             raise ValueError(f"{p}: preference schema {header.get('schema')!r}, this version reads {PREFS_SCHEMA}")
-        prefs = [Preference.from_json(json.loads(ln), where=f"{p}:{k + 2}") for k, ln in enumerate(lines[1:])]
+        if not isinstance(header.get("dataset_id"), str):
+            raise garbage(k0, "the header names no dataset_id")
+        prefs = [Preference.from_json(d, where=f"{p}:{k}") for k, d in records]
         return cls(header["dataset_id"], prefs, header.get("meta", {}))
-

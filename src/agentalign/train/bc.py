@@ -62,6 +62,7 @@ from agentalign.io import MetricsLogger, atomic_write_json, read_metrics, trunca
 from agentalign.models.config import PolicyConfig
 from agentalign.models.distribution import N_LOGITS, NVEC, OFFSETS
 from agentalign.models.policy import Policy, read_checkpoint_config
+from agentalign.models.reward import checkpoint_fingerprint
 from agentalign.train import augment as aug
 from agentalign.train.common import (
     FROZEN,
@@ -446,8 +447,10 @@ def train_bc(cfg: BCConfig, data: str | Path, out_dir: str | Path, *, model: Pol
     cfg, model = resolve_model(cfg, model, init)
     data_info = check_inputs(data, model)
     device = resolve_device(cfg.device)
-    config = {"bc": config_to_dict(cfg), "data": str(data), "model": config_to_dict(model),
-              "init": str(init) if init is not None else None, "stage": stage}  # fmt: skip
+    # The data and the starting checkpoint by their content, not their path: the same run given a
+    # relative or an absolute path, or in a moved folder, is the same run.
+    config = {"bc": config_to_dict(cfg), "data": data_info["dataset_id"], "model": config_to_dict(model),
+              "init": checkpoint_fingerprint(init) if init is not None else None, "stage": stage}  # fmt: skip
     state = check_run_config(out, config, ignore=[f"bc.{k}" for k in OPERATIONAL])
     summary_path = out / "summary.json"
     if state == "existing" and summary_path.exists():

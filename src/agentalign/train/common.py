@@ -9,12 +9,15 @@ Training state for exact resume (`save_train_state` / `load_train_state`) lives 
 
     latest.json                  the commit point: step, the live snapshot's folder, JSON scalars
                                  (optimizer hyper-parameters, numpy/python RNG states, whatever
-                                 the stage adds, e.g. its loader position)
-    step-000000500-1a2b3c4d/     model.safetensors, optimizer.safetensors, rng.safetensors
+                                 the stage adds, e.g. its loader position), and "previous": the
+                                 snapshot before it, kept as a fall back
+    step-000000500-1a2b3c4d/     model.safetensors, optimizer.safetensors, rng.safetensors and
+                                 state.json (what latest.json said of it)
 
-A snapshot is written into a fresh folder, then latest.json is replaced atomically, then older
-folders are deleted; a crash at any moment leaves latest.json naming a complete snapshot.
-Safetensors and JSON only, never pickle.
+A snapshot is written into a fresh folder, then latest.json is replaced atomically, then folders
+other than it and the previous one are deleted; a crash at any moment leaves latest.json naming a
+complete snapshot. A snapshot damaged later (a disk that filled up, a copy cut short) makes
+load_train_state warn and resume from the previous one. Safetensors and JSON only, never pickle.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import random
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -136,6 +140,7 @@ def check_run_config(out_dir: str | Path, config: dict[str, Any], ignore: Iterab
 
 TRAIN_STATE = "train_state"
 TRAIN_STATE_SCHEMA = 1
+SNAPSHOT_STATE = "state.json"  # in each snapshot: what latest.json said of it
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -207,9 +212,15 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     optimizer.load_state_dict(sd)  # keeps the current hyper-parameters; the schedule sets lr each step
 
 
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_bytes())
+
+
 def save_train_state(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
-    """Snapshot parameters, optimizer, RNG states and `extra` (JSON) for an exact resume."""
+    """Snapshot parameters, optimizer, RNG states and `extra` (JSON) for an exact resume. The
+    snapshot latest.json named until now is kept as "previous" (a fall back should this one be
+    damaged); older ones are deleted."""
     root = Path(out_dir) / TRAIN_STATE
     snap = root / f"step-{step:09d}-{uuid.uuid4().hex[:8]}"  # fresh: latest.json never names a half-written one
     meta = {"step": str(step)}
@@ -219,32 +230,91 @@ def save_train_state(out_dir: str | Path, step: int, model: torch.nn.Module, opt
     atomic_save_safetensors(opt_tensors, snap / "optimizer.safetensors", meta)
     rng_tensors, rng_info = rng_state()
     atomic_save_safetensors(rng_tensors, snap / "rng.safetensors", meta)
-    atomic_write_json(root / "latest.json", {"schema": TRAIN_STATE_SCHEMA, "step": step, "snapshot": snap.name,
-                                             "optimizer": opt_info, "rng": rng_info, **(extra or {})})  # fmt: skip
+    state = {"schema": TRAIN_STATE_SCHEMA, "step": step, "snapshot": snap.name, "optimizer": opt_info,
+             "rng": rng_info, **(extra or {})}  # fmt: skip
+    atomic_write_json(snap / SNAPSHOT_STATE, state)  # what latest.json says of it, for a fall back to it
+    previous = None
+    try:
+        previous = _read_json(root / "latest.json").get("snapshot")
+    except (OSError, ValueError, AttributeError):
+        pass  # the first snapshot, or a latest.json that names nothing to keep
+    if not (isinstance(previous, str) and previous and (root / previous / SNAPSHOT_STATE).is_file()):
+        previous = None
+    atomic_write_json(root / "latest.json", {**state, "previous": previous})
     for old in root.iterdir():
-        if old.is_dir() and old.name != snap.name:
+        if old.is_dir() and old.name not in (snap.name, previous):
             shutil.rmtree(old, ignore_errors=True)
     return snap
+
+
+def _read_snapshot(snap: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], ...]:
+    """The three tensor files of a snapshot, each read whole (a truncated or missing one fails here,
+    before anything is restored); raises _Damaged naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    out = []
+    for name, dev in (("model.safetensors", str(device)), ("optimizer.safetensors", "cpu"), ("rng.safetensors", "cpu")):
+        path = snap / name
+        try:
+            out.append(load_file(path, device=dev))
+        except (SafetensorError, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise _Damaged(path, why) from None
+    return tuple(out)
+
+
+class _Damaged(Exception):
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is damaged ({why})")
+        self.path, self.why = path, why
 
 
 def load_train_state(out_dir: str | Path, model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:  # fmt: skip
     """Restore what `save_train_state` wrote (parameters, optimizer, RNG states); returns latest.json
-    (with "step" and the stage's extras), or None when there is no state to resume."""
-    from safetensors.torch import load_file
+    (with "step" and the stage's extras), or None when there is no state to resume.
 
-    root = Path(out_dir) / TRAIN_STATE
+    A damaged latest snapshot (a file truncated or missing) falls back to the previous one with a
+    warning naming the damaged file, and latest.json is rewritten to name the previous one; with no
+    usable snapshot, a ValueError names the file and says to delete the folder or rerun the stage."""
+    out = Path(out_dir)
+    root = out / TRAIN_STATE
     path = root / "latest.json"
     if not path.exists():
         return None
-    meta = json.loads(path.read_text())
+    advice = f"delete {out} or rerun the stage to start it again"
+    try:
+        meta = _read_json(path)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except ValueError as e:  # not JSON, not text
+        raise ValueError(f"{path} is damaged ({e}); {advice}") from None
     if meta.get("schema") != TRAIN_STATE_SCHEMA:
         raise ValueError(f"{path}: train state schema {meta.get('schema')!r}, this version reads {TRAIN_STATE_SCHEMA}")
-    snap = root / meta["snapshot"]
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(snap / "model.safetensors", device=str(device)), strict=True)
-    load_optimizer_state(model, optimizer, load_file(snap / "optimizer.safetensors"), meta["optimizer"])
-    set_rng_state(load_file(snap / "rng.safetensors"), meta["rng"])
+    try:
+        tensors = _read_snapshot(root / str(meta.get("snapshot")), device)
+    except _Damaged as damaged:
+        prev = meta.get("previous")
+        if not (isinstance(prev, str) and prev):
+            raise ValueError(f"{damaged} and there is no earlier checkpoint; {advice}") from None
+        try:
+            prev_meta = _read_json(root / prev / SNAPSHOT_STATE)
+            if not isinstance(prev_meta, dict) or prev_meta.get("snapshot") != prev:
+                raise _Damaged(root / prev / SNAPSHOT_STATE, "not the state of this snapshot")
+            tensors = _read_snapshot(root / prev, device)
+        except (_Damaged, OSError, ValueError) as e:
+            why = e if isinstance(e, _Damaged) else f"{root / prev / SNAPSHOT_STATE}: {getattr(e, 'strerror', None) or e}"
+            raise ValueError(f"{damaged} and so is the previous checkpoint ({why}); {advice}") from None
+        warnings.warn(f"{damaged}; resuming from the previous checkpoint (step {prev_meta['step']}) in {root / prev}",
+                      stacklevel=2)  # fmt: skip
+        meta = {**prev_meta, "previous": None}
+        atomic_write_json(path, meta)  # the damaged snapshot is dropped at the next save
+    model_t, opt_t, rng_t = tensors
+    model.load_state_dict(model_t, strict=True)
+    load_optimizer_state(model, optimizer, opt_t, meta["optimizer"])
+    set_rng_state(rng_t, meta["rng"])
     return meta
 
 

@@ -38,7 +38,14 @@ import torch
 from agentalign.envs.skygarden import world as W
 from agentalign.io import MetricsLogger
 from agentalign.models import ActionDistribution, Policy
-from agentalign.models.reward import AgentEncoder, RandomEncoder, check_reward_matches, load_reward_model, sliding_window_features, windowed_transformer
+from agentalign.models.reward import (
+    AgentEncoder,
+    RandomEncoder,
+    check_reward_matches,
+    load_reward_model,
+    sliding_window_features,
+    windowed_transformer,
+)
 from agentalign.rollout import RolloutConfig, Trajectory, iter_waves
 from agentalign.train.common import FROZEN, seed_everything
 from agentalign.train.losses import baseline, discounted_returns, kl_penalty, reinforce_loss
