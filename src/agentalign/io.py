@@ -20,9 +20,10 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _named(e: OSError, path: Path) -> OSError:
@@ -112,8 +113,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_replace(Path(path), lambda f: f.write(data))
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save
+def atomic_save_safetensors(tensors: "dict[str, torch.Tensor]", path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save  # torch only where tensors are saved: the data layer needs none
 
     data = save(tensors, metadata=metadata)
     atomic_replace(Path(path), lambda f: f.write(data))
@@ -170,3 +171,12 @@ def truncate_metrics(directory: str | Path, last_step: int) -> None:
     if len(keep) != len(lines):
         data = "".join(ln + "\n" for ln in keep).encode()
         atomic_replace(path, lambda f: f.write(data))
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries durable: a rename is durable only once its folder is fsynced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

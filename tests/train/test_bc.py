@@ -256,6 +256,22 @@ class Crash(Exception):
     pass
 
 
+def crash_at_step(n, monkeypatch, run) -> None:
+    """Run `run` (a training run) so that it dies at its n-th update, as a killed process would."""
+    real, calls = bc_module.previous_actions, []
+
+    def crash(actions):
+        calls.append(1)
+        if len(calls) == n:
+            raise Crash
+        return real(actions)
+
+    with monkeypatch.context() as m:
+        m.setattr(bc_module, "previous_actions", crash)
+        with pytest.raises(Crash):
+            run()
+
+
 def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tmp_path, monkeypatch):
     # Dropout on: the resumed run must also restore the global torch RNG exactly.
     cfg, kw = smoke(steps=7, checkpoint_every=3), dict(model=model_preset("tiny", dropout=0.1), progress=False)
@@ -263,18 +279,7 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(store, tm
     train_bc(cfg, store, straight, **kw)
 
     broken = tmp_path / "broken"
-    real, calls = bc_module.previous_actions, []
-
-    def crash_at_step_5(actions):
-        calls.append(1)
-        if len(calls) == 5:  # after the checkpoint at step 3 and a logged step 4
-            raise Crash
-        return real(actions)
-
-    monkeypatch.setattr(bc_module, "previous_actions", crash_at_step_5)
-    with pytest.raises(Crash):
-        train_bc(cfg, store, broken, **kw)
-    monkeypatch.setattr(bc_module, "previous_actions", real)
+    crash_at_step(5, monkeypatch, lambda: train_bc(cfg, store, broken, **kw))  # after the checkpoint at 3 and a logged 4
     assert json.loads((broken / "train_state" / "latest.json").read_text())["step"] == 3
     assert [r["step"] for r in read_metrics(broken)] == [1, 2, 3, 4]
 
@@ -294,18 +299,7 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_bit_identical
     train_bc(cfg, store, straight, **kw)
 
     broken = tmp_path / "broken"
-    real, calls = bc_module.previous_actions, []
-
-    def crash_at_step_5(actions):
-        calls.append(1)
-        if len(calls) == 5:  # after the checkpoints at steps 2 and 4
-            raise Crash
-        return real(actions)
-
-    monkeypatch.setattr(bc_module, "previous_actions", crash_at_step_5)
-    with pytest.raises(Crash):
-        train_bc(cfg, store, broken, **kw)
-    monkeypatch.setattr(bc_module, "previous_actions", real)
+    crash_at_step(5, monkeypatch, lambda: train_bc(cfg, store, broken, **kw))  # after the checkpoints at 2 and 4
     latest = json.loads((broken / "train_state" / "latest.json").read_text())
     assert latest["step"] == 4 and latest["previous"].startswith("step-000000002-")
     damaged = broken / "train_state" / latest["snapshot"] / "model.safetensors"

@@ -44,6 +44,7 @@ from agentalign.data.store import (
     remove_made_dirs,
 )
 from agentalign.envs.gamepad import ACTION_NVEC
+from agentalign.io import fsync_dir
 
 METADATA_ATTR = "agentalign_metadata"
 DEFAULT_ID = "agentalign/skygarden-v0"
@@ -136,7 +137,7 @@ def export_minari(
         )
         _fsync_tree(stage)
         os.rename(stage, target)  # the commit point: before it nothing is at DST, after it all
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         remove_made_dirs(made)
@@ -164,14 +165,6 @@ def _buffers(reader: StoreReader, EpisodeBuffer: Any) -> Iterator[Any]:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """Make every file under `root` durable before the rename publishes it."""
     for folder, _, files in os.walk(root):
@@ -181,7 +174,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def _data_path(src: str | Path) -> Path | None:

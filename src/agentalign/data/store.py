@@ -48,6 +48,7 @@ import zstandard
 
 from agentalign.data.episode import Episode
 from agentalign.envs.gamepad import ACTION_DIM
+from agentalign.io import fsync_dir
 
 SCHEMA_VERSION = 1
 FORMAT = "agentalign-episode-store"
@@ -74,15 +75,6 @@ class ChecksumError(StoreError):
 
 def _blake2b() -> "hashlib.blake2b":
     return hashlib.blake2b(digest_size=32)
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once the directory entry is; fsync the directory after it.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(path: Path, parts: Iterable[bytes]) -> tuple[int, str]:
@@ -310,8 +302,8 @@ class StoreWriter:
             else:
                 self._manifest = self._new_manifest(image_size)  # type: ignore[arg-type]
                 _write_atomic(self.path / MANIFEST, [_json_bytes(self._manifest)])
-                _fsync_dir(self.path)
-                _fsync_dir(self.path.parent)  # the new store directory's own entry
+                fsync_dir(self.path)
+                fsync_dir(self.path.parent)  # the new store directory's own entry
             self._remove_orphans()
             self._durable_metadata: list[dict[str, Any]] = [
                 rec["metadata"] for chunk in self._manifest["chunks"] for rec in _read_index(self.path, chunk)
@@ -451,7 +443,7 @@ class StoreWriter:
         bin_bytes, bin_hash = _write_atomic(chunks_dir / f"{name}.bin", parts)
         index = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "chunk": f"{name}.bin", "episodes": records}
         index_bytes, index_hash = _write_atomic(chunks_dir / f"{name}.json", [_json_bytes(index)])
-        _fsync_dir(chunks_dir)
+        fsync_dir(chunks_dir)
         n_steps = sum(p.length for p in self._pending)
         manifest = dict(self._manifest)
         manifest["chunks"] = self._manifest["chunks"] + [
@@ -469,7 +461,7 @@ class StoreWriter:
         manifest["n_steps"] = self._manifest["n_steps"] + n_steps
         # The commit point: before this rename the chunk is an orphan, after it a part of the store.
         _write_atomic(self.path / MANIFEST, [_json_bytes(manifest)])
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._manifest = manifest
         self._durable_metadata.extend(p.metadata for p in self._pending)
         self._pending = []
