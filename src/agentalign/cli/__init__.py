@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from agentalign.cli import align, eval, reward, train  # noqa: E402
+from agentalign.cli import align, eval, label, reward, train  # noqa: E402
 from agentalign.cli.common import main  # noqa: E402,F401  (the entry point)
 from agentalign.cli.data import data_app  # noqa: E402
 from agentalign.cli.env import env_app  # noqa: E402
@@ -28,6 +28,7 @@ train.register(app)  # pretrain, sft, scratch
 eval.register(app)  # eval, rollout
 reward.register(app)  # prefs, reward
 align.register(app)  # pft, align, dpo
+label.register(app)  # label serve, add-labeller, stats, export
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -17,6 +17,7 @@ def pipeline(
     target: Optional[str] = typer.Option(None, help="Target pad: left | middle | right (default: the preset's)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<preset>)."),
     from_: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. prefs, to label by hand)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set align.episodes=1600."),
     reproduce: bool = typer.Option(False, "--reproduce", help="Add every variant the paper's figures need (both "
                                    "pads, several seeds, with and without preference FT, small and large "
@@ -30,7 +31,7 @@ def pipeline(
     folder = out or Path("runs") / Path(config).stem
     extra = ", with the reproduce variants" if cfg.reproduce.enabled else ""
     typer.echo(f"agentalign pipeline: preset {config}, target {cfg.target}{extra}, run folder {folder}")
-    checked(run_pipeline, folder, cfg, from_, echo=lambda line: typer.echo(line))
+    checked(run_pipeline, folder, cfg, from_, echo=lambda line: typer.echo(line), until=until)
 
 
 @config_app.command("keys")

@@ -58,6 +58,9 @@ class PrefsStageConfig:
     rollout_episodes: int = 2400  # paper: 2,400 on-policy trajectories ...
     train: int = 1000  # ... 1,000 for training, 1,400 held out
     temperature: float = 1.0  # paper §3.4: diverse enough at 1
+    # "synthetic": the labeller of section 3.4; "labels": people's, given through `agentalign label
+    # serve RUN` and exported by this stage on every run (docs/labeling.md).
+    source: Literal["synthetic", "labels"] = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class PipelineConfig:
         r = self.reproduce
         if not r.enabled:
             return
+        if self.prefs.source == "labels":
+            raise ValueError("reproduce labels every target pad synthetically: set prefs.source=synthetic with it")
         if "small" in r.comparisons and not 2 <= r.small_trajectories < self.prefs.train:
             raise ValueError(f"reproduce.small_trajectories ({r.small_trajectories}) must lie in 2..{self.prefs.train - 1}: "
                              f"fewer than the prefs.train trajectories, which make the large set")  # fmt: skip

@@ -15,8 +15,11 @@ one-line headline (the variants of `reproduce` included).
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from agentalign.config import config_to_dict
@@ -40,8 +43,8 @@ class Stage:
     always_redo: bool = False
 
 
-def plan(cfg: PipelineConfig) -> list[Stage]:
-    """Every stage of a run with config `cfg`, in the order they run."""
+def plan(cfg: PipelineConfig, out: Path | None = None) -> list[Stage]:
+    """Every stage of a run with config `cfg` in the run folder `out`, in the order they run."""
     ev = cfg.eval
     stages = [
         Stage("data_pretrain", (), {"data": config_to_dict(cfg.data_pretrain), "size": cfg.model.image_size},
@@ -57,7 +60,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         # Only what the rollouts depend on: a new train/test split relabels them, it does not replay them.
         Stage("rollouts", ("sft",), {"rollout_episodes": cfg.prefs.rollout_episodes, "temperature": cfg.prefs.temperature},
               F.STAGE_FUNCTIONS["rollouts"], lambda r: f"{r['episodes']} trajectories"),  # fmt: skip
-        Stage("prefs", ("rollouts",), _prefs_config(cfg, cfg.target), F.STAGE_FUNCTIONS["prefs"], _prefs_line),
+        # People's labels are exported again on every run: the stages after it are stale (and say so)
+        # when the labels changed since they ran.
+        Stage("prefs", ("rollouts",), {**_prefs_config(cfg, cfg.target), **_labels_digest(cfg, out)}, F.STAGE_FUNCTIONS["prefs"],
+              _prefs_line, always_redo=cfg.prefs.source == "labels"),  # fmt: skip
         Stage("reward", ("prefs",), cfg.reward, F.STAGE_FUNCTIONS["reward"], _reward_line),
         Stage("pft", ("reward",), cfg.pft, F.STAGE_FUNCTIONS["pft"], _pft_line),
         Stage("align", ("pft",), {"align": config_to_dict(cfg.align), "target": cfg.target}, F.STAGE_FUNCTIONS["align"],
@@ -193,7 +199,20 @@ def _pct(x: float | None) -> str:
 
 
 def _prefs_config(cfg: PipelineConfig, target: str) -> dict:
-    return {"target": target, **config_to_dict(cfg.prefs)}
+    prefs = config_to_dict(cfg.prefs)
+    if prefs["source"] == "synthetic":  # the hash of runs made before people could label
+        del prefs["source"]
+    return {"target": target, **prefs}
+
+
+def _labels_digest(cfg: PipelineConfig, out: Path | None) -> dict:
+    """With people's labels, what identifies them: how many answers, and the last one's id."""
+    db = out / "labels" / "labels.sqlite" if out is not None else None
+    if cfg.prefs.source != "labels" or db is None or not db.is_file():
+        return {}
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        count, last = con.execute("SELECT COUNT(*), MAX(rowid) FROM answers").fetchone()
+    return {"labels": [count, last]}
 
 
 def _loss_line(r: dict) -> str:
@@ -201,7 +220,8 @@ def _loss_line(r: dict) -> str:
 
 
 def _prefs_line(r: dict) -> str:
-    return f"{r['train_comparisons']} train comparisons"
+    line = f"{r['train_comparisons']} train comparisons"
+    return line + (f" from {r['labels']} labels" if "labels" in r else "")
 
 
 def _reward_line(r: dict) -> str:

@@ -43,7 +43,7 @@ class Run:
     def __init__(self, out: str | Path, cfg: PipelineConfig):
         self.out = Path(out)
         self.cfg = cfg
-        self.stages = plan(cfg)
+        self.stages = plan(cfg, self.out)
         self.by_name = {s.name: s for s in self.stages}
 
     def dir(self, name: str) -> Path:
@@ -92,15 +92,18 @@ def _plain(x: Any) -> Any:
 # ---- running -----------------------------------------------------------------------------------
 
 
-def check_run_folder(run: Run, from_stage: str | None) -> list[str]:
-    """Before any work: stages to run, or a clear error for another run's outputs."""
+def check_run_folder(run: Run, from_stage: str | None, until: str | None = None) -> list[str]:
+    """Before any work: stages to run, or a clear error for another run's outputs. `until`: the
+    last stage to run (those after it wait for another invocation)."""
     names = [s.name for s in run.stages]
-    if from_stage is not None and from_stage not in names:
-        raise ValueError(f"unknown stage {from_stage!r}; stages: {', '.join(names)}")
+    for flag, stage in (("--from", from_stage), ("--until", until)):
+        if stage is not None and stage not in names:
+            raise ValueError(f"{flag}: unknown stage {stage!r}; stages: {', '.join(names)}")
     rerun_from = names.index(from_stage) if from_stage else len(names)
+    last = names.index(until) if until else len(names)
     todo, conflicts = [], []
     memo: dict = {}
-    for k, s in enumerate(run.stages):
+    for k, s in enumerate(run.stages[: last + 1]):
         m = run.marker(s.name)
         stale = m is not None and m.get("hash") != run.stage_hash(s.name, memo)
         if k >= rerun_from or m is None or s.always_redo:
@@ -181,11 +184,12 @@ def _fmt_time(s: float) -> str:
 
 
 def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = None,
-                 echo: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Run (or resume) every stage; returns {stage: headline figures}. Everything that can be
-    checked is checked before any work: the stages to run, the folder's writability and space."""
+                 echo: Callable[[str], None] = print, until: str | None = None) -> dict:  # fmt: skip
+    """Run (or resume) every stage, or those up to `until`; returns {stage: headline figures}.
+    Everything that can be checked is checked before any work: the stages to run, the folder's
+    writability and space."""
     run = Run(out, cfg)
-    todo = check_run_folder(run, from_stage)
+    todo = check_run_folder(run, from_stage, until)
     check_writable(run.out)
     run.out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(run.out).free
@@ -193,7 +197,10 @@ def run_pipeline(out: str | Path, cfg: PipelineConfig, from_stage: str | None = 
     if free < need:
         raise ValueError(f"{run.out}: {free / 2**30:.1f} GiB free, the planned datasets need about {need / 2**30:.1f} GiB")
     with run_folder_lock(run.out):
-        return _run_stages(run, todo, from_stage, echo)
+        results = _run_stages(run, todo, from_stage, echo)
+    if until is not None:
+        echo(f"stopped after {until} (--until); the same command without --until goes on from there")
+    return results
 
 
 def _run_stages(run: Run, todo: list[str], from_stage: str | None, echo: Callable[[str], None]) -> dict:
@@ -207,6 +214,8 @@ def _run_stages(run: Run, todo: list[str], from_stage: str | None, echo: Callabl
     width = max(14, *(len(s.name) for s in run.stages))  # the reproduce stages' names are longer
     t_all = time.perf_counter()
     for k, s in enumerate(run.stages, 1):
+        if s.name not in todo and run.marker(s.name) is None:  # after --until: left for a later run
+            continue
         if s.name not in todo:
             marker = run.marker(s.name)
             results[s.name] = marker["result"]

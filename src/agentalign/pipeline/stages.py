@@ -19,12 +19,13 @@ from agentalign.eval import evaluate
 from agentalign.eval.report import write_report
 from agentalign.models import PolicyConfig
 from agentalign.players.generate import generate
+from agentalign.prefs import PreferenceSet
 from agentalign.rollout import RolloutConfig, record_rollouts
 from agentalign.train.align import run_align
 from agentalign.train.bc import BCConfig, train_bc
 from agentalign.train.dpo import run_dpo
 from agentalign.train.rest import run_pft
-from agentalign.train.reward import label_synthetic, run_reward, run_sweep
+from agentalign.train.reward import label_synthetic, run_reward, run_sweep, split_ids
 
 if TYPE_CHECKING:
     from agentalign.pipeline.runner import Run
@@ -100,27 +101,39 @@ def rollouts(run: "Run") -> dict:
 
 
 def preferences(run: "Run", name: str, target: str) -> dict:
-    """Synthetic preferences for pad `target` over the SFT agent's rollouts, prefs.train of them
-    labelled for training, in name/prefs.jsonl."""
-    return label_synthetic(_store(run, "rollouts"), target, run.cfg.prefs.train, run.dir(name) / "prefs.jsonl")
+    """Preferences for pad `target` over the SFT agent's rollouts, prefs.train of them in the
+    training split, in name/prefs.jsonl: the synthetic labeller's, or people's labels exported."""
+    out = run.dir(name) / "prefs.jsonl"
+    if run.cfg.prefs.source == "synthetic":
+        return label_synthetic(_store(run, "rollouts"), target, run.cfg.prefs.train, out)
+    from agentalign.labeling.export import export_labels  # the web app's package, only when people label
+
+    n = export_labels(run.out, out, store=_store(run, "rollouts"))
+    labelled = PreferenceSet.load(out)
+    train, test = (set(ids) for ids in split_ids(labelled, 0))
+    within = lambda ids: sum(1 for pref in labelled.prefs if set(pref.ids) <= ids for _ in pref.pairs())  # noqa: E731
+    return {"labels": len(labelled), "train": len(train), "test": len(test), "train_comparisons": within(train),
+            "test_comparisons": within(test), "labellers": n.get("labellers")}  # fmt: skip
 
 
 def prefs(run: "Run") -> dict:
     return preferences(run, "prefs", run.cfg.target)
 
 
-def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = None, rollouts: str = "rollouts") -> dict:
-    """A reward model on the agent encoder from stage `prefs`'s training comparisons (over stage
-    `rollouts`'s trajectories): all of them, or (`trajectories`) all pairs of that many random
-    training trajectories; scored on the held-out split. Embeddings are cached in reward/ for
-    every stage (each store in its own folder, so the two rounds do not evict each other)."""
-    cache = run.dir("reward") / ("cache" if rollouts == "rollouts" else f"cache_{rollouts}")
-    return run_reward(_store(run, rollouts), run.dir(prefs) / "prefs.jsonl", run.dir(name) / "model",
-                      replace(run.cfg.reward, encoder="agent"), policy=run.dir("sft") / "model", cache=cache,
-                      trajectories=trajectories)  # fmt: skip
+def reward_model(run: "Run", name: str, prefs: str, trajectories: int | None = None) -> dict:
+    """A reward model on the agent encoder from stage `prefs`'s training comparisons over the SFT
+    agent's rollouts: all of them, or (`trajectories`) all pairs of that many random training
+    trajectories; scored on the held-out split. Embeddings are cached in reward/cache for every
+    stage that reads them (the sweep and DPO too)."""
+    return run_reward(_store(run, "rollouts"), run.dir(prefs) / "prefs.jsonl", run.dir(name) / "model",
+                      replace(run.cfg.reward, encoder="agent"), policy=run.dir("sft") / "model",
+                      cache=run.dir("reward") / "cache", trajectories=trajectories)  # fmt: skip
 
 
 def reward(run: "Run") -> dict:
+    if not (run.marker("prefs") or {}).get("result", {}).get("train_comparisons"):
+        raise ValueError(f"{run.dir('prefs') / 'prefs.jsonl'} holds no training comparison yet: label with `agentalign "
+                         f"label serve {run.out}` (docs/labeling.md), then run the same command again")  # fmt: skip
     return reward_model(run, "reward", "prefs")
 
 

@@ -230,7 +230,7 @@ def _train_one(emb: torch.Tensor, P: torch.Tensor, cfg: RewardTrainConfig, log=N
         loss.backward()
         opt.step()
         if log is not None and (step % 50 == 0 or step == steps - 1):
-            log(step, **{"reward/train_loss": float(loss)})
+            log(step, **{"reward/train_loss": float(loss.detach())})
     with torch.no_grad():
         model.set_normalisation(model(emb))
     return model, {"steps": steps, "comparisons": n_pairs, "final_loss": float(loss.detach())}
