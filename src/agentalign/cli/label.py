@@ -40,7 +40,8 @@ def serve_command(
     seed: int = typer.Option(0, help="Seed of the question draws."),
 ) -> None:
     """Serve the labelling page and its JSON API until interrupted (Ctrl-C)."""
-    from agentalign.labeling.server import SELECTIONS, serve
+    from agentalign.labeling.selection import SELECTIONS
+    from agentalign.labeling.server import serve
 
     _run(run)
     if not 1 <= port <= 65535:

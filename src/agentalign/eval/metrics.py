@@ -71,8 +71,7 @@ def by_start(spawns: Sequence[int], yaw0: Sequence[float], pads: Sequence[str],
     """Counts of each pad per start cell: spawn and bin of initial yaw ("1/0": spawn 1, lowest yaws).
 
     `yaw_edges` (K + 1,) bound K bins; a yaw outside them falls in the nearest end bin. The aligned
-    agents' misses gather in a few such cells (docs/journal.md, eighteenth session), which a per-spawn
-    count averages away."""
+    agents' misses gather in a few such cells, which a per-spawn count averages away."""
     inner = np.asarray(yaw_edges, dtype=np.float64)[1:-1]
     bins = np.searchsorted(inner, np.asarray(yaw0, dtype=np.float64), side="right")
     return _pad_counts([(int(s), int(b)) for s, b in zip(spawns, bins)], pads)

@@ -36,8 +36,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentalign.data import open_store
+from agentalign.labeling.clips import clip_file, clip_path
 from agentalign.labeling.db import KINDS, LabelDB, Labeller, Question, comparisons, open_pools
-from agentalign.labeling.selection import SELECTIONS, make_selector, random_choice
+from agentalign.labeling.selection import make_selector, random_choice
 
 STATIC_DIR = Path(__file__).parent / "static"
 HELD_OUT_EVERY = 10
@@ -62,10 +64,6 @@ class AnswerBody(BaseModel):
 
 def _make_selector(selection: str, run_dir: Path, store_path: str | Path, train_pool: list[int], seed: int,
                    options: dict | None):  # fmt: skip
-    if selection not in SELECTIONS:
-        raise ValueError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
-    from agentalign.data import open_store
-
     # A live server refits the active ensemble in a thread, answering from the previous one meanwhile.
     options = {"background": True, **(options or {})} if selection == "active" else dict(options or {})
     # Its own reader: a StoreReader is not thread-safe, and clips render from the app's.
@@ -180,8 +178,6 @@ class Labelling:
     # -- clips ---------------------------------------------------------------------------------
 
     def clip(self, episode: int) -> Path:
-        from agentalign.labeling.clips import clip_file, clip_path
-
         path = clip_file(self.labels_dir, episode)
         if path.is_file():
             return path

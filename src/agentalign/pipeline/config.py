@@ -42,9 +42,7 @@ class EvalStageConfig:
 class DeployStageConfig:
     """The aligned agent as a game would run it: its actions sampled at a lower temperature, as an
     LLM is decoded below the temperature it was trained at. Reported beside the paper's T = 1
-    evaluation (`eval_align`), never instead of it. At 0.3 the cpu preset's aligned agents lose
-    most of their wall-bound misses: left 88-93 % at T = 1 became 90-98 % (docs/journal.md, seventh
-    session); 0.1 gave the same as 0.3."""
+    evaluation (`eval_align`), never instead of it. At 0.3 most wall-bound misses go."""
 
     temperature: float | None = 0.3  # None: no deployment evaluation
 

@@ -47,10 +47,8 @@ class PopulationConfig:
     # Humans favour the middle pad (paper fig. 3: base agent left 12 %, middle 37 %, right 7.5 %).
     pad_prior: tuple[float, float, float] = (0.28, 0.50, 0.22)
     pad_prior_concentration: float = 6.0  # Dirichlet concentration: how alike players' tastes are
-    # Mean chance that a player's episode is an undesirable mode; with the misses of noisy players
-    # about a tenth of episodes reach no pad. At 0.35 (a fifth missing, half the steps aimless) the
-    # cpu model learned nothing from the pixels: the set's actions were too weakly tied to what
-    # the player sees (docs/journal.md, "Behaviour cloning").
+    # Mean chance that a player's episode is an undesirable mode (a tenth of episodes then reach no
+    # pad); much more and the actions are too weakly tied to the pixels for the cpu model to learn.
     undesirable_share: float = 0.15
     mode_weights: tuple[float, ...] = (0.3, 0.1, 0.2, 0.1, 0.15, 0.15)  # over MODES
     characters: tuple[str, ...] = W.CHARACTER_NAMES  # all characters appear, as in the paper's data

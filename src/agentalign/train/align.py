@@ -30,8 +30,7 @@ from agentalign.models.reward import check_reward_matches
 from agentalign.train.reinforce import ReinforceConfig, run_reinforce
 from agentalign.train.rest import ALIGN_SEED, CloneConfig, RestConfig, log_rounds, merge_rounds, run_rest
 
-# The alignment's ReST clones train all but the pixel encoder at 1e-3, half their windows at the
-# episodes' first steps (docs/journal.md, tenth and sixteenth sessions).
+# The alignment's clones: all but the pixel encoder at 1e-3, half the windows where the route is chosen.
 _ALIGN_CLONE = CloneConfig(lr=1e-3, train_only="transformer", first_window_share=0.5)
 
 

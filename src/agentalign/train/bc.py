@@ -112,10 +112,8 @@ class BCConfig:
     # those features, instead of re-running the encoder on every window (an update then costs
     # about half as much; benchmarks/bc_throughput.py). Ignored otherwise.
     cache_features: bool = True
-    # A fresh model's output biases start at the log-frequencies of the data's actions. From the
-    # usual zero biases the first updates only fit those frequencies, and on the noisy population
-    # set they flattened the encoder to a constant that the model never left (docs/journal.md, "Behaviour
-    # cloning"): the base agent used no pixels at all. Ignored when starting from `init`.
+    # A fresh model's output biases start at the data's action log-frequencies: from zero biases the
+    # first updates only fit those, flattening the encoder for good. Ignored when starting from `init`.
     action_prior_init: bool = True
     seed: int = 0
     # Loader processes; None: 0 when training on the CPU (loading costs ~4 % of an update there,
@@ -324,7 +322,7 @@ class FrameFeatures:
     Rows follow the store's episodes end to end; one more row holds the embedding of the all-zero
     frame the sampler pads short windows with. The features are computed as a training step would
     (under the same autocast), in batches of `chunk` frames. A batched encoder need not be
-    bit-identical to a per-window one (on our CPUs it was: docs/journal.md, fifteenth session), so a
+    bit-identical to a per-window one (on our CPUs it was), so a
     cached run may differ from an uncached one in the last float bits. Memory: (steps + 1) x width
     floats on the device: per 1,000 steps, 0.5 MB for the cpu model, 2 MB for the paper's (bf16)."""
 
