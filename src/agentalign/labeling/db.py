@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from agentalign.prefs import Preference
+
 DB_NAME = "labels.sqlite"
 KINDS = ("pair", "rank")
 POOLS = ("train", "test")
@@ -374,20 +376,26 @@ class LabelDB:
                 "mean_seconds": None if mean_seconds is None else float(mean_seconds)}  # fmt: skip
 
 
-def comparisons(episodes, choice: str | None, order) -> Iterator[tuple[int, int, float]]:
-    """(i, j, p) comparisons an answer implies (p = 1 if i is better, 0 if j, 0.5 a tie), in the
-    order the question showed the episodes; none for a skip."""
+LABEL = {"left": "A", "right": "B", "tie": "tie"}  # a pair's answer as a Preference label
+
+
+def preference(episodes, choice: str | None, order, labeller: str = "unknown", time: str | None = None) -> Preference | None:
+    """The project's preference record of an answer (episodes in the order the question showed
+    them); None for a skip."""
     if choice == "skip":
-        return
+        return None
+    when = {} if time is None else {"time": time}
     if order is None:
-        i, j = episodes
-        yield int(i), int(j), {"left": 1.0, "right": 0.0, "tie": 0.5}[choice]
-        return
+        return Preference(tuple(int(e) for e in episodes), label=LABEL[choice], labeller=labeller, **when)
     rank = {int(e): k for k, e in enumerate(order)}
-    eps = [int(e) for e in episodes]
-    for x in range(len(eps)):
-        for y in range(x + 1, len(eps)):
-            yield eps[x], eps[y], 1.0 if rank[eps[x]] < rank[eps[y]] else 0.0
+    return Preference(tuple(int(e) for e in episodes), ranking=tuple(rank[int(e)] for e in episodes), labeller=labeller,
+                      **when)  # fmt: skip
+
+
+def comparisons(episodes, choice: str | None, order) -> Iterator[tuple[int, int, float]]:
+    """(i, j, p) comparisons an answer implies (p = 1 if i is better, 0 if j, 0.5 a tie); none for a skip."""
+    p = preference(episodes, choice, order)
+    return iter(()) if p is None else p.pairs()
 
 
 def answer_comparisons(a: Answer) -> Iterator[tuple[int, int, float]]:

@@ -18,21 +18,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from agentalign.labeling.db import Answer, LabelDB, answer_comparisons, db_path, open_pools
+from agentalign.labeling.db import Answer, LabelDB, answer_comparisons, db_path, open_pools, preference
 from agentalign.prefs import Preference, PreferenceSet
-
-LABEL = {"left": "A", "right": "B", "tie": "tie"}
 
 
 def to_preference(a: Answer) -> Preference | None:
     """The preference record of an answer; None for a skip."""
-    if a.choice == "skip":
-        return None
-    if a.order is None:
-        return Preference(tuple(a.episodes), label=LABEL[a.choice], labeller=a.labeller, time=a.created)
-    rank = {e: k for k, e in enumerate(a.order)}
-    return Preference(tuple(a.episodes), ranking=tuple(rank[e] for e in a.episodes), labeller=a.labeller,
-                      time=a.created)  # fmt: skip
+    return preference(a.episodes, a.choice, a.order, labeller=a.labeller, time=a.created)
 
 
 def export_labels(run_dir: str | Path, out_path: str | Path, store: str | Path | None = None) -> dict[str, Any]:
